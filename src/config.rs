@@ -1,0 +1,479 @@
+//! The one configuration struct of cwfs, shared by the `cwfs` command line
+//! and (later) the `mount.cwfs -o a,b=c` helper.
+//!
+//! Owns: parsing and validating every user-settable knob, and the defaults.
+//! This is the only module that reads environment variables (through clap's
+//! `env` fallbacks and [`MountArgs::resolve`]); the layers below receive
+//! plain, validated values.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The CoreWeave AI Object Storage endpoint, reachable from anywhere.
+pub const DEFAULT_ENDPOINT: &str = "https://cwobject.com";
+/// The CoreWeave LOTA endpoint (node-local caching proxy inside clusters).
+pub const LOTA_ENDPOINT: &str = "http://cwlota.com";
+/// How long names, attributes and listings are trusted by default.
+/// One minute keeps `ls` and `stat` cheap for a training job while a dataset
+/// that changes is seen within a minute; `indefinite` is for immutable data.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
+
+/// cwfs — mount CoreWeave AI Object Storage (or any S3-compatible bucket) as
+/// a local directory tree.
+#[derive(Debug, Parser)]
+#[command(name = "cwfs", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount BUCKET[/PREFIX] at MOUNTPOINT.
+    ///
+    /// By default cwfs runs as a daemon and returns once the mount answers;
+    /// unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`.
+    Mount(Box<MountArgs>),
+}
+
+/// Everything `cwfs mount` accepts.
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// What to mount: BUCKET, BUCKET/PREFIX or s3://BUCKET[/PREFIX].
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// An existing, empty directory to mount on.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub fs: FsArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Stay in the foreground (logs go to stderr); SIGINT/SIGTERM unmount.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+}
+
+/// Where the bucket lives and how to address it.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// S3 endpoint URL [default: $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL,
+    /// else https://cwobject.com]. Use http://cwlota.com for CoreWeave LOTA.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Region, passed verbatim (CoreWeave: the availability zone, e.g.
+    /// US-EAST-04A) [default: $AWS_REGION, else $AWS_DEFAULT_REGION].
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT
+    /// (CoreWeave requires the default, virtual-hosted addressing).
+    #[arg(long)]
+    pub force_path_style: bool,
+}
+
+/// How the mounted tree looks to local users.
+#[derive(Debug, Clone, Args)]
+pub struct FsArgs {
+    /// Refuse every write with EROFS and mount the filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Let users other than the mounting user access the mount.
+    #[arg(long, conflicts_with = "allow_root")]
+    pub allow_other: bool,
+
+    /// Let root (besides the mounting user) access the mount.
+    #[arg(long)]
+    pub allow_root: bool,
+
+    /// Owner of every file and directory [default: the mounting user].
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+
+    /// Group of every file and directory [default: the mounting user's group].
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0644", value_parser = parse_mode)]
+    pub file_mode: u16,
+
+    /// Permission bits of directories, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0755", value_parser = parse_mode)]
+    pub dir_mode: u16,
+
+    /// How long names, attributes and listings are trusted before asking the
+    /// store again: SECONDS (0 = always ask) or `indefinite` (immutable data).
+    #[arg(long, value_name = "SECONDS|indefinite", default_value = "60", value_parser = parse_ttl)]
+    pub metadata_ttl: MetadataTtl,
+}
+
+/// Logging knobs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Verbosity of the log.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Append logs to this file [default: stderr in the foreground, syslog
+    /// (ident `cwfs`) as a daemon].
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// How long metadata is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataTtl {
+    Finite(Duration),
+    Indefinite,
+}
+
+impl MetadataTtl {
+    /// Is something fetched `age` ago still to be trusted?
+    pub fn is_fresh(self, age: Duration) -> bool {
+        match self {
+            MetadataTtl::Finite(ttl) => age < ttl,
+            MetadataTtl::Indefinite => true,
+        }
+    }
+
+    /// The TTL handed to the kernel for entries and attributes. The kernel
+    /// takes a duration; "indefinite" becomes a year, which is as good.
+    pub fn kernel_ttl(self) -> Duration {
+        match self {
+            MetadataTtl::Finite(ttl) => ttl,
+            MetadataTtl::Indefinite => Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u16::from_str_radix(digits, 8)
+        .map_err(|_| format!("`{s}` is not an octal mode such as 0644"))?;
+    if mode > 0o7777 {
+        return Err(format!("`{s}` is larger than 07777"));
+    }
+    Ok(mode)
+}
+
+fn parse_ttl(s: &str) -> Result<MetadataTtl, String> {
+    if s.eq_ignore_ascii_case("indefinite") {
+        return Ok(MetadataTtl::Indefinite);
+    }
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is neither a number of seconds nor `indefinite`"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "`{s}` must be zero or a positive number of seconds"
+        ));
+    }
+    Ok(MetadataTtl::Finite(Duration::from_secs_f64(secs)))
+}
+
+/// A bucket and an optional key prefix (always ending in `/` when not empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl Source {
+    /// Parse `BUCKET`, `BUCKET/PREFIX` or `s3://BUCKET[/PREFIX]`.
+    pub fn parse(s: &str) -> Result<Source, String> {
+        let rest = s.strip_prefix("s3://").unwrap_or(s);
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(format!(
+                "`{s}` names no bucket: use BUCKET, BUCKET/PREFIX or s3://BUCKET[/PREFIX]"
+            ));
+        }
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+        if bucket.len() > 255 || !bucket.chars().all(valid_char) {
+            return Err(format!(
+                "`{bucket}` is not a valid bucket name (letters, digits, `-`, `.` and `_` only)"
+            ));
+        }
+        let trimmed = prefix.trim_matches('/');
+        if trimmed.split('/').any(|seg| seg == "." || seg == "..")
+            || (!trimmed.is_empty() && trimmed.split('/').any(str::is_empty))
+        {
+            return Err(format!(
+                "prefix `{prefix}` has an empty, `.` or `..` segment, which no path can reach"
+            ));
+        }
+        let prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{trimmed}/")
+        };
+        Ok(Source {
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    }
+
+    /// `bucket` or `bucket/prefix` for display and the mount table.
+    pub fn display_name(&self) -> String {
+        if self.prefix.is_empty() {
+            self.bucket.clone()
+        } else {
+            format!("{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+        }
+    }
+}
+
+/// The environment variables the config falls back to. Passed in (not read
+/// inside) so that resolution is a pure function and unit-testable.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: Vec<(String, OsString)>,
+}
+
+impl Environment {
+    pub fn from_process() -> Environment {
+        Environment {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<OsString>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Environment {
+        Environment {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A non-empty UTF-8 value of `name`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.to_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+}
+
+/// The validated settings a mount runs with.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub endpoint_url: String,
+    pub region: String,
+    pub force_path_style: bool,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub metadata_ttl: MetadataTtl,
+    pub log_level: LogLevel,
+    pub log_file: Option<PathBuf>,
+    pub foreground: bool,
+}
+
+impl MountArgs {
+    /// Apply defaults from `env` and validate. Errors say what to fix.
+    pub fn resolve(&self, env: &Environment) -> Result<MountConfig, String> {
+        let source = Source::parse(&self.source)?;
+        let endpoint_url = self
+            .store
+            .endpoint_url
+            .clone()
+            .or_else(|| env.get("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env.get("AWS_ENDPOINT_URL"))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        validate_endpoint(&endpoint_url)?;
+        let region = self
+            .store
+            .region
+            .clone()
+            .or_else(|| env.get("AWS_REGION"))
+            .or_else(|| env.get("AWS_DEFAULT_REGION"))
+            .ok_or_else(|| {
+                "no region given: pass --region NAME or set AWS_REGION (on CoreWeave the region \
+                 is the availability zone, e.g. US-EAST-04A)"
+                    .to_string()
+            })?;
+        if region.trim().is_empty() || region.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!("region `{region}` is not a valid region name"));
+        }
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(MountConfig {
+            source,
+            mountpoint: self.mountpoint.clone(),
+            endpoint_url: endpoint_url.trim_end_matches('/').to_string(),
+            region,
+            force_path_style: self.store.force_path_style,
+            read_only: self.fs.read_only,
+            allow_other: self.fs.allow_other,
+            allow_root: self.fs.allow_root,
+            uid: self.fs.uid.unwrap_or(uid),
+            gid: self.fs.gid.unwrap_or(gid),
+            file_mode: self.fs.file_mode,
+            dir_mode: self.fs.dir_mode,
+            metadata_ttl: self.fs.metadata_ttl,
+            log_level: self.log.log_level,
+            log_file: self.log.log_file.clone(),
+            foreground: self.foreground,
+        })
+    }
+}
+
+fn validate_endpoint(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!(
+                "endpoint `{url}` must start with https:// or http:// (e.g. {DEFAULT_ENDPOINT})"
+            )
+        })?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("endpoint `{url}` has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> MountArgs {
+        let mut argv = vec!["cwfs", "mount"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Mount(m) => *m,
+        }
+    }
+
+    #[test]
+    fn source_forms() {
+        let s = Source::parse("b").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", ""));
+        let s = Source::parse("s3://b/x/y/").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", "x/y/"));
+        let s = Source::parse("b/x").unwrap();
+        assert_eq!(s.prefix, "x/");
+        assert_eq!(s.display_name(), "b/x");
+        assert!(Source::parse("").is_err());
+        assert!(Source::parse("s3://").is_err());
+        assert!(Source::parse("b/a//c").is_err());
+        assert!(Source::parse("b/../c").is_err());
+        assert!(Source::parse("bad bucket").is_err());
+    }
+
+    #[test]
+    fn modes_and_ttl() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("77777").is_err());
+        assert_eq!(parse_ttl("indefinite"), Ok(MetadataTtl::Indefinite));
+        assert_eq!(
+            parse_ttl("1.5"),
+            Ok(MetadataTtl::Finite(Duration::from_millis(1500)))
+        );
+        assert!(parse_ttl("-1").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn endpoint_and_region_precedence() {
+        let a = args(&["b", "/mnt"]);
+        let env = Environment::from_pairs([
+            ("AWS_ENDPOINT_URL", "http://generic:1"),
+            ("AWS_ENDPOINT_URL_S3", "http://s3specific:2"),
+            ("AWS_DEFAULT_REGION", "fallback"),
+        ]);
+        let c = a.resolve(&env).unwrap();
+        assert_eq!(c.endpoint_url, "http://s3specific:2");
+        assert_eq!(c.region, "fallback");
+
+        let env = Environment::from_pairs([("AWS_REGION", "US-EAST-04A")]);
+        let c = a.resolve(&env).unwrap();
+        assert_eq!(c.endpoint_url, DEFAULT_ENDPOINT);
+        assert_eq!(c.region, "US-EAST-04A", "region passes verbatim");
+
+        let a = args(&[
+            "--region",
+            "r",
+            "--endpoint-url",
+            "http://127.0.0.1:9/",
+            "b",
+            "/m",
+        ]);
+        let c = a.resolve(&env).unwrap();
+        assert_eq!(c.region, "r");
+        assert_eq!(c.endpoint_url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn missing_region_says_how_to_fix() {
+        let err = args(&["b", "/m"])
+            .resolve(&Environment::default())
+            .unwrap_err();
+        assert!(
+            err.contains("--region") && err.contains("AWS_REGION"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_endpoint() {
+        let err = args(&["--endpoint-url", "cwobject.com", "--region", "r", "b", "/m"])
+            .resolve(&Environment::default())
+            .unwrap_err();
+        assert!(err.contains("https://"), "{err}");
+    }
+}

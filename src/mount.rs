@@ -1,0 +1,297 @@
+//! Running one mount: from a validated [`MountConfig`] to a live FUSE mount
+//! and back to a clean exit.
+//!
+//! Order: check the mountpoint, build the runtime, load credentials, build
+//! the store and check the bucket answers, mount, confirm the mount answers
+//! (then report readiness), wait for `umount` or SIGINT/SIGTERM, unmount,
+//! exit 0. Any failure before readiness is a [`MountError`] whose message
+//! says what failed and what to fix.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::config::MountConfig;
+use crate::fs::{Fs, FsConfig};
+use crate::read::BlockCache;
+use crate::store::s3::{S3Settings, S3Store};
+use crate::store::{ObjectStore, StoreErrorKind};
+
+/// Memory for cached blocks (later: `--cache-size`).
+const CACHE_BYTES: u64 = 1 << 30;
+/// Bytes per ranged GET (later: `--block-size`). CoreWeave advises reads of
+/// at least 15 MB per request; 8 MiB keeps a random 1 MiB read cheap while
+/// sequential reads are served from few requests.
+const BLOCK_SIZE: u64 = 8 << 20;
+/// fuser worker threads: each only decodes and hands requests to tokio.
+const FUSE_THREADS: usize = 4;
+
+/// Why the mount could not be set up.
+#[derive(Debug)]
+pub struct MountError(pub String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(msg: impl Into<String>) -> MountError {
+    MountError(msg.into())
+}
+
+/// Mount and serve until unmounted. `on_ready` is called once the mount
+/// answers; errors before that are returned.
+pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> {
+    let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cwfs-io")
+        .build()
+        .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
+
+    let store = rt.block_on(connect(&cfg))?;
+    let cache = BlockCache::new(store.clone(), CACHE_BYTES, BLOCK_SIZE);
+    let fs = Arc::new(Fs::new(
+        FsConfig {
+            prefix: cfg.source.prefix.clone(),
+            uid: cfg.uid,
+            gid: cfg.gid,
+            file_mode: cfg.file_mode,
+            dir_mode: cfg.dir_mode,
+            metadata_ttl: cfg.metadata_ttl,
+            read_only: cfg.read_only,
+        },
+        store,
+        cache,
+    ));
+
+    let mut options = vec![
+        MountOption::FSName(cfg.source.display_name()),
+        MountOption::Subtype("cwfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if cfg.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(FUSE_THREADS);
+    fuse_config.clone_fd = true;
+
+    let glue = crate::fuse::FuseFs::new(fs, rt.handle().clone());
+    let mut session = fuser::Session::new(glue, &mountpoint, &fuse_config).map_err(|e| {
+        err(format!(
+            "mounting {} failed: {e} (cwfs needs /dev/fuse and root, or the fuse3 package's \
+             fusermount3 for unprivileged mounts; allow_other for non-root users needs \
+             user_allow_other in /etc/fuse.conf)",
+            mountpoint.display()
+        ))
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let serve = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = done_tx.send(());
+            result
+        })
+        .map_err(|e| err(format!("cannot start the FUSE session thread: {e}")))?;
+
+    // The mount answers once a stat of the mountpoint goes through us.
+    if let Err(e) = std::fs::metadata(&mountpoint) {
+        let _ = unmounter.unmount();
+        return Err(err(format!(
+            "the new mount at {} does not answer: {e}",
+            mountpoint.display()
+        )));
+    }
+    tracing::info!(
+        source = %cfg.source.display_name(),
+        mountpoint = %mountpoint.display(),
+        endpoint = %cfg.endpoint_url,
+        region = %cfg.region,
+        "mounted"
+    );
+    on_ready();
+
+    let unmount_requested = rt.block_on(async {
+        tokio::select! {
+            _ = done_rx => false,
+            sig = shutdown_signal() => {
+                tracing::info!(signal = sig, "unmounting on signal");
+                true
+            }
+        }
+    });
+    if unmount_requested {
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed (files still open?); detaching lazily");
+            lazy_unmount(&mountpoint);
+        }
+    }
+    match serve.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the FUSE session ended with an error"),
+        Err(_) => tracing::error!("the FUSE session thread panicked"),
+    }
+    // Requests still running on the runtime get a short grace period.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers we can only wait for umount.
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed; run `umount -l {}`", mountpoint.display());
+    }
+}
+
+/// The mountpoint must be an existing directory with nothing mounted on it.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    let abs = std::fs::canonicalize(path).map_err(|e| {
+        err(format!(
+            "mountpoint {} is not usable: {e} (create it first with `mkdir -p {}`; if it says \
+             \"Transport endpoint is not connected\", a dead mount is still there: run `umount {}`)",
+            path.display(),
+            path.display(),
+            path.display()
+        ))
+    })?;
+    if !abs.is_dir() {
+        return Err(err(format!(
+            "mountpoint {} is not a directory",
+            abs.display()
+        )));
+    }
+    if is_mount_point(&abs) {
+        return Err(err(format!(
+            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
+            abs.display(),
+            abs.display()
+        )));
+    }
+    Ok(abs)
+}
+
+/// Is `path` listed as a mount point in /proc/self/mountinfo?
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Credentials, the store, and one LIST to prove the bucket answers.
+async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> {
+    let creds = crate::creds::default_chain(&cfg.region)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let settings = S3Settings::new(
+        &cfg.source.bucket,
+        &cfg.endpoint_url,
+        &cfg.region,
+        cfg.force_path_style,
+    );
+    let store = S3Store::new(&settings, creds);
+    let bucket = &cfg.source.bucket;
+    let endpoint = &cfg.endpoint_url;
+    if let Err(e) = store.list_page(&cfg.source.prefix, None, 1).await {
+        let msg = match e.kind {
+            StoreErrorKind::NoSuchBucket => format!(
+                "bucket `{bucket}` does not exist at {endpoint}: check the bucket name and --endpoint-url"
+            ),
+            StoreErrorKind::AccessDenied | StoreErrorKind::CredentialsExpired => format!(
+                "access to bucket `{bucket}` was denied ({}): check the credentials (AWS_ACCESS_KEY_ID/\
+                 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or AWS_CONTAINER_AUTHORIZATION_TOKEN on CoreWeave), \
+                 the bucket policy, and that --region is the bucket's region",
+                e.code.as_deref().unwrap_or("403")
+            ),
+            StoreErrorKind::Timeout | StoreErrorKind::Network => format!(
+                "cannot reach {endpoint} ({e}): check --endpoint-url and the network{}",
+                if cfg.force_path_style {
+                    ""
+                } else {
+                    "; with virtual-hosted addressing BUCKET.HOST must resolve (use --force-path-style for servers that need it)"
+                }
+            ),
+            _ => format!("cannot list bucket `{bucket}` at {endpoint}: {e}"),
+        };
+        return Err(err(msg));
+    }
+    Ok(Arc::new(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescapes() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn root_is_a_mount_point() {
+        assert!(is_mount_point(Path::new("/")));
+    }
+}

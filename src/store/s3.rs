@@ -1,0 +1,303 @@
+//! The real object store: aws-sdk-s3 against CoreWeave or any S3-compatible
+//! endpoint.
+//!
+//! Owns: the one S3 client shared by all requests, its timeouts and retry
+//! policy, and the translation of SDK errors into [`StoreError`]s.
+//! Checksums are computed/validated only when required: the SDK defaults
+//! (CRC on every PUT/GET) break many S3-compatible servers.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::DateTime;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::error::classify;
+use super::{whole_seconds, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+
+/// Settings of the S3 client.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint_url: String,
+    pub region: String,
+    pub force_path_style: bool,
+    /// Connection establishment bound.
+    pub connect_timeout: Duration,
+    /// Bound on the wait for the next bytes of a response.
+    pub read_timeout: Duration,
+    /// Bound on one attempt of one operation (including the body of a GET
+    /// of one block).
+    pub attempt_timeout: Duration,
+    /// Attempts per operation, including the first.
+    pub max_attempts: u32,
+}
+
+impl S3Settings {
+    pub fn new(bucket: &str, endpoint_url: &str, region: &str, force_path_style: bool) -> Self {
+        S3Settings {
+            bucket: bucket.to_string(),
+            endpoint_url: endpoint_url.to_string(),
+            region: region.to_string(),
+            force_path_style,
+            // 5 s to connect is generous on a datacenter network and still
+            // lets a wrong endpoint fail the mount quickly.
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(120),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// An [`ObjectStore`] backed by aws-sdk-s3.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(settings: &S3Settings, credentials: SharedCredentialsProvider) -> S3Store {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .operation_attempt_timeout(settings.attempt_timeout)
+            .build();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .endpoint_url(settings.endpoint_url.clone())
+            .force_path_style(settings.force_path_style)
+            .credentials_provider(credentials)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .build();
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+        }
+    }
+
+    async fn get_range_impl(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<Bytes, StoreError> {
+        const OP: &str = "GetObject";
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, key, e))?;
+        let want = range.end - range.start;
+        let body = resp.body.collect().await.map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Network,
+                OP,
+                key,
+                format!("reading the body: {}", DisplayErrorContext(&e)),
+            )
+        })?;
+        let bytes = body.into_bytes();
+        if bytes.len() as u64 != want {
+            return Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                OP,
+                key,
+                format!(
+                    "asked for {want} bytes at offset {}, got {}",
+                    range.start,
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn head_impl(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        const OP: &str = "HeadObject";
+        let resp = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, key, e))?;
+        let size = resp.content_length().unwrap_or(0);
+        if size < 0 {
+            return Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                OP,
+                key,
+                format!("negative Content-Length {size}"),
+            ));
+        }
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: size as u64,
+            etag: resp.e_tag().unwrap_or_default().to_string(),
+            last_modified: to_system_time(resp.last_modified()),
+        })
+    }
+
+    async fn list_page_impl(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        const OP: &str = "ListObjectsV2";
+        let resp = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .max_keys(max_keys.min(1000) as i32)
+            .set_continuation_token(token.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| sdk_error(OP, prefix, e))?;
+        let mut page = ListPage::default();
+        for obj in resp.contents() {
+            let Some(key) = obj.key() else { continue };
+            let size = obj.size().unwrap_or(0);
+            if size < 0 {
+                tracing::debug!(key, size, "skipping listed object with a negative size");
+                continue;
+            }
+            page.objects.push(ObjectMeta {
+                key: key.to_string(),
+                size: size as u64,
+                etag: obj.e_tag().unwrap_or_default().to_string(),
+                last_modified: to_system_time(obj.last_modified()),
+            });
+        }
+        page.prefixes = resp
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        if resp.is_truncated() == Some(true) {
+            match resp.next_continuation_token() {
+                Some(t) if Some(t) != token && !t.is_empty() => {
+                    page.next_token = Some(t.to_string())
+                }
+                _ => return Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    OP,
+                    prefix,
+                    "the listing is truncated but the continuation token is missing or repeated",
+                )),
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        etag: &'a str,
+    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        self.get_range_impl(key, range, etag).boxed()
+    }
+
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, StoreError>> {
+        self.head_impl(key).boxed()
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: Option<&'a str>,
+        max_keys: u32,
+    ) -> BoxFuture<'a, Result<ListPage, StoreError>> {
+        self.list_page_impl(prefix, token, max_keys).boxed()
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+fn to_system_time(t: Option<&DateTime>) -> SystemTime {
+    match t {
+        Some(t) if t.secs() >= 0 => {
+            whole_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(t.secs() as u64))
+        }
+        _ => SystemTime::UNIX_EPOCH,
+    }
+}
+
+/// Translate an SDK error into a [`StoreError`].
+fn sdk_error<E>(
+    op: &'static str,
+    key: &str,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().map(str::to_string);
+            let mut e = StoreError::new(
+                classify(status, code.as_deref()),
+                op,
+                key,
+                se.err().message().unwrap_or_default().to_string(),
+            );
+            e.status = Some(status);
+            e.code = code;
+            e
+        }
+        SdkError::TimeoutError(_) => StoreError::new(StoreErrorKind::Timeout, op, key, "timed out"),
+        SdkError::DispatchFailure(d) => {
+            let kind = if d.is_timeout() {
+                StoreErrorKind::Timeout
+            } else {
+                StoreErrorKind::Network
+            };
+            let detail = DisplayErrorContext(&err).to_string();
+            StoreError::new(kind, op, key, detail)
+        }
+        SdkError::ResponseError(_) => StoreError::new(
+            StoreErrorKind::Protocol,
+            op,
+            key,
+            DisplayErrorContext(&err).to_string(),
+        ),
+        _ => StoreError::new(
+            StoreErrorKind::Other,
+            op,
+            key,
+            DisplayErrorContext(&err).to_string(),
+        ),
+    }
+}
