@@ -124,6 +124,7 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
         mountpoint = %mountpoint.display(),
         endpoint = %cfg.endpoint_url,
         region = %cfg.region,
+        pid = std::process::id(),
         "mounted"
     );
     on_ready();
