@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::creds::{CredentialsConfig, Secret, TokenSource, COREWEAVE_EXCHANGE_URI};
+
 /// The CoreWeave AI Object Storage endpoint, reachable from anywhere.
 pub const DEFAULT_ENDPOINT: &str = "https://cwobject.com";
 /// The CoreWeave LOTA endpoint (node-local caching proxy inside clusters).
@@ -54,6 +56,12 @@ pub struct MountArgs {
     pub store: StoreArgs,
 
     #[command(flatten)]
+    pub creds: CredsArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    #[command(flatten)]
     pub fs: FsArgs,
 
     #[command(flatten)]
@@ -81,6 +89,76 @@ pub struct StoreArgs {
     /// (CoreWeave requires the default, virtual-hosted addressing).
     #[arg(long)]
     pub force_path_style: bool,
+}
+
+/// Where credentials come from (see docs/CONFIGURATION.md for the order).
+#[derive(Debug, Clone, Args)]
+pub struct CredsArgs {
+    /// Use this profile of the shared AWS config files [default: $AWS_PROFILE].
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Exchange a token for temporary keys at this URL (AWS container
+    /// credentials protocol) [default: $AWS_CONTAINER_CREDENTIALS_FULL_URI;
+    /// with --token-file alone: CoreWeave's API-token exchange].
+    #[arg(long, value_name = "URL")]
+    pub credentials_uri: Option<String>,
+
+    /// File holding the API access token (bare or `Bearer <token>`), re-read
+    /// at every renewal [default: $AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE].
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The block cache.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// Memory for cached file data, e.g. 512MiB or 8GiB.
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// Bytes fetched per ranged GET and cached as one block, e.g. 8MiB.
+    #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = parse_block_size)]
+    pub block_size: u64,
+}
+
+/// Parse `123`, `512K`, `512KiB`, `8MiB`, `8M`, `1GiB`, `1G`, `1.5GiB`
+/// (binary units: K = 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 512MiB or 8GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit (use K, M, G or T, e.g. 512MiB)"
+            ))
+        }
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(v as u64)
+}
+
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    // 64 KiB keeps request counts sane; 1 GiB bounds one block's memory.
+    if !(64 << 10..=1 << 30).contains(&v) {
+        return Err(format!("block size `{s}` must be between 64KiB and 1GiB"));
+    }
+    Ok(v)
 }
 
 /// How the mounted tree looks to local users.
@@ -307,6 +385,9 @@ pub struct MountConfig {
     pub endpoint_url: String,
     pub region: String,
     pub force_path_style: bool,
+    pub credentials: CredentialsConfig,
+    pub cache_size: u64,
+    pub block_size: u64,
     pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -346,6 +427,7 @@ impl MountArgs {
         if region.trim().is_empty() || region.chars().any(|c| c.is_whitespace() || c == '/') {
             return Err(format!("region `{region}` is not a valid region name"));
         }
+        let credentials = self.creds.resolve(env)?;
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountConfig {
@@ -354,6 +436,9 @@ impl MountArgs {
             endpoint_url: endpoint_url.trim_end_matches('/').to_string(),
             region,
             force_path_style: self.store.force_path_style,
+            credentials,
+            cache_size: self.cache.cache_size,
+            block_size: self.cache.block_size,
             read_only: self.fs.read_only,
             allow_other: self.fs.allow_other,
             allow_root: self.fs.allow_root,
@@ -367,6 +452,69 @@ impl MountArgs {
             foreground: self.foreground,
         })
     }
+}
+
+impl CredsArgs {
+    /// Pick the credentials source. Options beat the environment; within the
+    /// environment: static keys, then AWS_PROFILE, then the token exchange,
+    /// then the rest of the default AWS chain.
+    pub fn resolve(&self, env: &Environment) -> Result<CredentialsConfig, String> {
+        if let Some(p) = &self.profile {
+            return Ok(CredentialsConfig::Profile(p.clone()));
+        }
+        if self.credentials_uri.is_some() || self.token_file.is_some() {
+            return exchange_config(self.credentials_uri.clone(), self.token_file.clone(), env);
+        }
+        match (
+            env.get("AWS_ACCESS_KEY_ID"),
+            env.get("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(id), Some(secret)) => {
+                return Ok(CredentialsConfig::Static {
+                    access_key_id: id,
+                    secret_access_key: Secret::new(secret),
+                    session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
+                })
+            }
+            (Some(_), None) => return Err(
+                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both, or neither"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let Some(p) = env.get("AWS_PROFILE") {
+            return Ok(CredentialsConfig::Profile(p));
+        }
+        if let Some(uri) = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            return exchange_config(Some(uri), None, env);
+        }
+        Ok(CredentialsConfig::DefaultChain)
+    }
+}
+
+fn exchange_config(
+    uri: Option<String>,
+    token_file: Option<PathBuf>,
+    env: &Environment,
+) -> Result<CredentialsConfig, String> {
+    let token_file = token_file.or_else(|| {
+        env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+            .map(PathBuf::from)
+    });
+    let uri = uri
+        .or_else(|| env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+        .unwrap_or_else(|| COREWEAVE_EXCHANGE_URI.to_string());
+    crate::creds::exchange::check_uri(&uri)?;
+    let token = match (token_file, env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
+        (Some(f), _) => TokenSource::File(f),
+        (None, Some(v)) => TokenSource::Value(Secret::new(v)),
+        (None, None) => {
+            return Err(format!(
+                "the token exchange at {uri} needs a token: pass --token-file PATH, or set                  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN=\"Bearer <token>\""
+            ))
+        }
+    };
+    Ok(CredentialsConfig::Exchange { uri, token })
 }
 
 fn validate_endpoint(url: &str) -> Result<(), String> {
@@ -467,6 +615,104 @@ mod tests {
             err.contains("--region") && err.contains("AWS_REGION"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_block_size("1K").is_err());
+        assert!(parse_block_size("2GiB").is_err());
+    }
+
+    fn creds_of(extra: &[&str], env: &[(&str, &str)]) -> Result<CredentialsConfig, String> {
+        let mut argv = extra.to_vec();
+        argv.extend(["b", "/m"]);
+        args(&argv)
+            .creds
+            .resolve(&Environment::from_pairs(env.iter().copied()))
+    }
+
+    #[test]
+    fn credential_source_precedence() {
+        let keys = [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")];
+        assert!(matches!(
+            creds_of(&[], &keys),
+            Ok(CredentialsConfig::Static { .. })
+        ));
+        assert!(
+            matches!(creds_of(&["--profile", "p"], &keys), Ok(CredentialsConfig::Profile(p)) if p == "p")
+        );
+        match creds_of(&["--token-file", "/t"], &keys).unwrap() {
+            CredentialsConfig::Exchange { uri, token } => {
+                assert_eq!(
+                    uri, COREWEAVE_EXCHANGE_URI,
+                    "--token-file alone implies CoreWeave's URI"
+                );
+                assert_eq!(token, TokenSource::File("/t".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let env = [
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "https://x/creds"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "Bearer t"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/f"),
+        ];
+        match creds_of(&[], &env).unwrap() {
+            CredentialsConfig::Exchange { uri, token } => {
+                assert_eq!(uri, "https://x/creds");
+                assert_eq!(token, TokenSource::File("/f".into()), "the file wins");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            creds_of(&[], &env[..2]),
+            Ok(CredentialsConfig::Exchange {
+                token: TokenSource::Value(_),
+                ..
+            })
+        ));
+        assert!(creds_of(&[], &env[..1])
+            .unwrap_err()
+            .contains("--token-file"));
+        let e = creds_of(
+            &[
+                "--credentials-uri",
+                "http://10.1.2.3/c",
+                "--token-file",
+                "/t",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        assert!(matches!(
+            creds_of(&[], &[("AWS_PROFILE", "x")]),
+            Ok(CredentialsConfig::Profile(_))
+        ));
+        assert!(matches!(
+            creds_of(&[], &[]),
+            Ok(CredentialsConfig::DefaultChain)
+        ));
+        assert!(creds_of(&[], &keys[..1]).is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = creds_of(
+            &[],
+            &[
+                ("AWS_ACCESS_KEY_ID", "AK"),
+                ("AWS_SECRET_ACCESS_KEY", "TOPSECRET"),
+            ],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("TOPSECRET"));
     }
 
     #[test]

@@ -19,12 +19,6 @@ use crate::read::BlockCache;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{ObjectStore, StoreErrorKind};
 
-/// Memory for cached blocks (later: `--cache-size`).
-const CACHE_BYTES: u64 = 1 << 30;
-/// Bytes per ranged GET (later: `--block-size`). CoreWeave advises reads of
-/// at least 15 MB per request; 8 MiB keeps a random 1 MiB read cheap while
-/// sequential reads are served from few requests.
-const BLOCK_SIZE: u64 = 8 << 20;
 /// fuser worker threads: each only decodes and hands requests to tokio.
 const FUSE_THREADS: usize = 4;
 
@@ -53,7 +47,7 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
         .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
 
     let store = rt.block_on(connect(&cfg))?;
-    let cache = BlockCache::new(store.clone(), CACHE_BYTES, BLOCK_SIZE);
+    let cache = BlockCache::new(store.clone(), cfg.cache_size, cfg.block_size);
     let fs = Arc::new(Fs::new(
         FsConfig {
             prefix: cfg.source.prefix.clone(),
@@ -242,7 +236,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Credentials, the store, and one LIST to prove the bucket answers.
 async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> {
-    let creds = crate::creds::default_chain(&cfg.region)
+    let creds = crate::creds::start(&cfg.credentials, &cfg.region)
         .await
         .map_err(|e| err(e.to_string()))?;
     let settings = S3Settings::new(

@@ -9,11 +9,10 @@
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
@@ -23,6 +22,7 @@ use futures::FutureExt;
 
 use super::error::classify;
 use super::{whole_seconds, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+use crate::creds::{CredentialsHandle, MemoryCredentials};
 
 /// Settings of the S3 client.
 #[derive(Debug, Clone)]
@@ -64,10 +64,11 @@ impl S3Settings {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    creds: CredentialsHandle,
 }
 
 impl S3Store {
-    pub fn new(settings: &S3Settings, credentials: SharedCredentialsProvider) -> S3Store {
+    pub fn new(settings: &S3Settings, creds: CredentialsHandle) -> S3Store {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
@@ -78,7 +79,11 @@ impl S3Store {
             .region(Region::new(settings.region.clone()))
             .endpoint_url(settings.endpoint_url.clone())
             .force_path_style(settings.force_path_style)
-            .credentials_provider(credentials)
+            // Sign with whatever the renewer published last: a memory read,
+            // never a fetch inside a request, and no SDK-side cache that
+            // would keep serving keys the renewer has replaced.
+            .credentials_provider(MemoryCredentials::new(creds.clone()))
+            .identity_cache(IdentityCache::no_cache())
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .timeout_config(timeouts)
@@ -87,6 +92,40 @@ impl S3Store {
         S3Store {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: settings.bucket.clone(),
+            creds,
+        }
+    }
+
+    /// Run `op` with the current keys. Fails fast when the keys have expired
+    /// (renewal is failing); a rejection that stale keys may explain renews
+    /// them and retries once.
+    async fn with_credentials<T, F, Fut>(
+        &self,
+        name: &'static str,
+        key: &str,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        if let Some(why) = self.creds.expired() {
+            return Err(StoreError::new(
+                StoreErrorKind::CredentialsExpired,
+                name,
+                key,
+                why,
+            ));
+        }
+        let generation = self.creds.generation();
+        match op().await {
+            Err(e)
+                if may_be_stale_keys(&e) && self.creds.renew_after_rejection(generation).await =>
+            {
+                tracing::info!(op = name, key, "retrying with renewed credentials");
+                op().await
+            }
+            other => other,
         }
     }
 
@@ -217,6 +256,15 @@ impl S3Store {
     }
 }
 
+/// Rejections that renewed keys may cure: expired or invalid tokens, an
+/// unknown access key, any other 403.
+fn may_be_stale_keys(e: &StoreError) -> bool {
+    matches!(
+        e.kind,
+        StoreErrorKind::CredentialsExpired | StoreErrorKind::AccessDenied
+    )
+}
+
 impl ObjectStore for S3Store {
     fn get_range<'a>(
         &'a self,
@@ -224,11 +272,15 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         etag: &'a str,
     ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
-        self.get_range_impl(key, range, etag).boxed()
+        self.with_credentials("GetObject", key, move || {
+            self.get_range_impl(key, range.clone(), etag)
+        })
+        .boxed()
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, StoreError>> {
-        self.head_impl(key).boxed()
+        self.with_credentials("HeadObject", key, move || self.head_impl(key))
+            .boxed()
     }
 
     fn list_page<'a>(
@@ -237,7 +289,10 @@ impl ObjectStore for S3Store {
         token: Option<&'a str>,
         max_keys: u32,
     ) -> BoxFuture<'a, Result<ListPage, StoreError>> {
-        self.list_page_impl(prefix, token, max_keys).boxed()
+        self.with_credentials("ListObjectsV2", prefix, move || {
+            self.list_page_impl(prefix, token, max_keys)
+        })
+        .boxed()
     }
 
     fn bucket(&self) -> &str {

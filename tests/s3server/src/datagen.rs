@@ -41,9 +41,34 @@ pub fn seed_of(name: &str) -> u64 {
     h
 }
 
+/// Period of the pseudo-random base block of [`object_content`].
+const BASE_BLOCK: usize = 1 << 20;
+/// Every page of [`object_content`] is made unique by stamping its offset into its first bytes.
+const PAGE: usize = 4096;
+
 /// The content of benchmark object `key` of `size` bytes (as `--objects` generates it).
+///
+/// Up to 1 MiB it is [`pseudo_random`]; beyond that a 1 MiB pseudo-random block repeats, with
+/// each 4 KiB page starting with its own offset (XOR the seed), so no two pages are equal and a
+/// misplaced read is always detected — while gigabytes generate at memcpy speed, even in debug
+/// builds.
 pub fn object_content(key: &str, size: usize) -> Bytes {
-    Bytes::from(pseudo_random(seed_of(key), size))
+    let seed = seed_of(key);
+    if size <= BASE_BLOCK {
+        return Bytes::from(pseudo_random(seed, size));
+    }
+    let base = pseudo_random(seed, BASE_BLOCK);
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        let n = (size - out.len()).min(BASE_BLOCK);
+        out.extend_from_slice(&base[..n]);
+    }
+    for off in (BASE_BLOCK..size).step_by(PAGE) {
+        let stamp = ((off as u64) ^ seed).to_le_bytes();
+        let end = (off + stamp.len()).min(size);
+        out[off..end].copy_from_slice(&stamp[..end - off]);
+    }
+    Bytes::from(out)
 }
 
 /// Parses a size with an optional binary suffix: `123`, `64K`, `1M`, `1G` (also `KiB`, `MB`...).
@@ -212,6 +237,22 @@ mod tests {
         assert_eq!(pseudo_random(1, 13)[..], pseudo_random(1, 100)[..13]);
         assert_eq!(pseudo_random(7, 0).len(), 0);
         assert_eq!(pseudo_random(7, 9).len(), 9);
+    }
+
+    #[test]
+    fn object_content_pages_are_unique() {
+        let size = 3 * BASE_BLOCK + 100;
+        let a = object_content("k", size);
+        assert_eq!(a.len(), size);
+        assert_eq!(a, object_content("k", size));
+        assert_ne!(a, object_content("j", size));
+        assert_eq!(a[..BASE_BLOCK], object_content("k", BASE_BLOCK)[..]);
+        let mut pages: Vec<&[u8]> = a.chunks(PAGE).collect();
+        pages.pop(); // the short tail
+        let n = pages.len();
+        pages.sort();
+        pages.dedup();
+        assert_eq!(pages.len(), n);
     }
 
     #[test]

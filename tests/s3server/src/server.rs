@@ -3,7 +3,8 @@
 //!
 //! Per request ([`handle`]): ask the [`FaultPlan`] (stall / synthetic error / reset later), run
 //! the s3s service (host parsing, SigV4, access checks, the handlers of [`crate::s3impl`]), then
-//! post-process the response: count 403s as auth failures, strip the body of 304s, escape
+//! post-process the response: 206 for a ranged HEAD, count 403s as auth failures, strip the body
+//! of 304s, escape
 //! carriage returns in XML so keys containing them survive XML parsing, and apply a pending
 //! reset-after-N-bytes fault to the body.
 //!
@@ -174,6 +175,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     };
 
+    // s3s ignores the handler's status for HeadObject; S3 answers a ranged HEAD with 206.
+    if info.method == hyper::Method::HEAD
+        && resp.status() == StatusCode::OK
+        && resp.headers().contains_key(hyper::header::CONTENT_RANGE)
+    {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     if resp.status() == StatusCode::FORBIDDEN {
         shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
