@@ -8,10 +8,13 @@
 //! the test instead of hanging the suite.
 #![allow(dead_code)]
 
+pub mod exchange;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use cwfs_testserver::{ServerConfig, TestServer};
@@ -72,7 +75,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// A running test server with one bucket and one key pair.
 pub struct Server {
-    pub s3: TestServer,
+    pub s3: Arc<TestServer>,
 }
 
 impl Server {
@@ -80,7 +83,7 @@ impl Server {
         let s3 = TestServer::start(ServerConfig::default()).expect("start the test S3 server");
         s3.add_credentials(ACCESS_KEY, SECRET_KEY, None, None);
         s3.create_bucket(BUCKET);
-        Server { s3 }
+        Server { s3: Arc::new(s3) }
     }
 
     pub fn put(&self, key: &str, data: impl Into<bytes::Bytes>) {
@@ -147,6 +150,18 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Mount in the foreground with the command `build` makes for a fresh
+    /// mountpoint; waits until the mount is live.
+    pub fn spawn(build: impl FnOnce(&Path) -> Command) -> Mount {
+        let dir = TempDir::new("mnt");
+        let mountpoint = dir.path().join("m");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("cwfs.log");
+        let mut cmd = build(&mountpoint);
+        cmd.arg("--foreground");
+        Mount::start(cmd, dir, mountpoint, log)
+    }
+
     fn start(mut cmd: Command, dir: TempDir, mountpoint: PathBuf, log: PathBuf) -> Mount {
         let stderr = std::fs::File::create(&log).unwrap();
         cmd.stdout(Stdio::null()).stderr(stderr);

@@ -312,6 +312,34 @@ impl S3 for MemS3 {
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "The XML you provided was not well-formed or did not validate against our published schema"
+            ));
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        for o in input.delete.objects {
+            self.store.delete(&input.bucket, &o.key)?;
+            if !quiet {
+                deleted.push(DeletedObject {
+                    key: Some(o.key),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            ..Default::default()
+        }))
+    }
+
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,

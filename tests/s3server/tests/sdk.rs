@@ -779,6 +779,42 @@ async fn buckets_copy_multipart_delete() {
         .await
         .unwrap();
 
+    s.put_object("bucket", "del/1", b"1".to_vec());
+    s.put_object("bucket", "del/2", b"2".to_vec());
+    let out = c
+        .delete_objects()
+        .bucket("bucket")
+        .delete(
+            aws_sdk_s3::types::Delete::builder()
+                .objects(
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key("del/1")
+                        .build()
+                        .unwrap(),
+                )
+                .objects(
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key("del/2")
+                        .build()
+                        .unwrap(),
+                )
+                .objects(
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key("del/missing")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.deleted().len(), 3);
+    assert!(
+        s.object_etag("bucket", "del/1").is_none() && s.object_etag("bucket", "del/2").is_none()
+    );
+
     c.delete_object()
         .bucket("bucket")
         .key("src")
@@ -1014,4 +1050,64 @@ async fn listing_one_million_keys() {
     assert_eq!(out.contents().len(), 1000);
     assert_eq!(out.contents()[0].key(), Some("d7/sub50/f501"));
     println!("1000 keys from the middle: {:?}", t.elapsed());
+}
+
+/// The SDK's default checksum behaviour (CRC trailers, aws-chunked uploads) is accepted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_sdk_checksum_settings() {
+    let s = start();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(s.region().to_owned()))
+        .endpoint_url(s.endpoint())
+        .credentials_provider(Credentials::new(AK, SK, None, None, "test"))
+        .force_path_style(true)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    let c = Client::from_conf(conf);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    c.put_object()
+        .bucket("bucket")
+        .key("crc")
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.object_data("bucket", "crc").unwrap().as_ref(), &data[..]);
+    assert_eq!(get(&c, "bucket", "crc").await, data);
+    let up = c
+        .create_multipart_upload()
+        .bucket("bucket")
+        .key("crc-mp")
+        .send()
+        .await
+        .unwrap();
+    let part = c
+        .upload_part()
+        .bucket("bucket")
+        .key("crc-mp")
+        .upload_id(up.upload_id().unwrap())
+        .part_number(1)
+        .body(ByteStream::from(data.clone()))
+        .send()
+        .await
+        .unwrap();
+    c.complete_multipart_upload()
+        .bucket("bucket")
+        .key("crc-mp")
+        .upload_id(up.upload_id().unwrap())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(part.e_tag().unwrap())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get(&c, "bucket", "crc-mp").await, data);
 }
