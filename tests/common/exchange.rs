@@ -71,11 +71,19 @@ impl Exchange {
                 }
             }
         });
-        Exchange { port, state, stop, thread: Some(thread) }
+        Exchange {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/cwobject/temporary-credentials/api-token", self.port)
+        format!(
+            "http://127.0.0.1:{}/v1/cwobject/temporary-credentials/api-token",
+            self.port
+        )
     }
 
     pub fn set_down(&self, down: bool) {
@@ -130,7 +138,9 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, s3: &TestServer) {
         if first {
             first = false;
             if !line.starts_with("GET /v1/cwobject/temporary-credentials/api-token ") {
-                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
                 return;
             }
         } else if let Some((k, v)) = line.split_once(':') {
@@ -144,7 +154,10 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, s3: &TestServer) {
         s.dropped += 1;
         return; // drop the connection without an answer
     }
-    let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    let token = auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
     if !s.valid_tokens.contains(token) {
         s.rejected += 1;
         let body = r#"{"message":"invalid token"}"#;
@@ -184,7 +197,12 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, s3: &TestServer) {
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
     h.finish()
 }
 
