@@ -110,16 +110,33 @@ pub struct CredsArgs {
     pub token_file: Option<PathBuf>,
 }
 
-/// The block cache.
+/// The read path: cache, prefetch, connections.
 #[derive(Debug, Clone, Args)]
 pub struct CacheArgs {
-    /// Memory for cached file data, e.g. 512MiB or 8GiB.
-    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_size)]
+    /// The one memory budget for file data, shared by every open file:
+    /// cached blocks plus blocks being fetched, e.g. 512MiB or 8GiB.
+    #[arg(long, value_name = "BYTES", default_value = "2GiB", value_parser = parse_size)]
     pub cache_size: u64,
 
-    /// Bytes fetched per ranged GET and cached as one block, e.g. 8MiB.
-    #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = parse_block_size)]
+    /// Cache granularity and the smallest ranged GET, e.g. 1MiB: a random
+    /// read fetches the blocks it touches.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_block_size)]
     pub block_size: u64,
+
+    /// Bytes per ranged GET of a sequential reader's prefetch, e.g. 16MiB
+    /// (CoreWeave advises requests of at least 15 MB). Rounded down to a
+    /// multiple of --block-size.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub part_size: u64,
+
+    /// Largest read-ahead window of one open file (it starts at one part and
+    /// doubles while reads stay sequential); 0 disables prefetch.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub prefetch_window: u64,
+
+    /// S3 requests in flight at once, for the whole mount.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections: u32,
 }
 
 /// Parse `123`, `512K`, `512KiB`, `8MiB`, `8M`, `1GiB`, `1G`, `1.5GiB`
@@ -154,9 +171,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_block_size(s: &str) -> Result<u64, String> {
     let v = parse_size(s)?;
-    // 64 KiB keeps request counts sane; 1 GiB bounds one block's memory.
-    if !(64 << 10..=1 << 30).contains(&v) {
-        return Err(format!("block size `{s}` must be between 64KiB and 1GiB"));
+    // 64 KiB keeps request counts sane; 64 MiB bounds one block's memory.
+    if !(64 << 10..=64 << 20).contains(&v) {
+        return Err(format!("block size `{s}` must be between 64KiB and 64MiB"));
     }
     Ok(v)
 }
@@ -386,8 +403,8 @@ pub struct MountConfig {
     pub region: String,
     pub force_path_style: bool,
     pub credentials: CredentialsConfig,
-    pub cache_size: u64,
-    pub block_size: u64,
+    pub read: crate::read::ReadConfig,
+    pub max_connections: u32,
     pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -437,8 +454,8 @@ impl MountArgs {
             region,
             force_path_style: self.store.force_path_style,
             credentials,
-            cache_size: self.cache.cache_size,
-            block_size: self.cache.block_size,
+            read: self.cache.resolve()?,
+            max_connections: self.cache.max_connections,
             read_only: self.fs.read_only,
             allow_other: self.fs.allow_other,
             allow_root: self.fs.allow_root,
@@ -450,6 +467,25 @@ impl MountArgs {
             log_level: self.log.log_level,
             log_file: self.log.log_file.clone(),
             foreground: self.foreground,
+        })
+    }
+}
+
+impl CacheArgs {
+    fn resolve(&self) -> Result<crate::read::ReadConfig, String> {
+        let block = self.block_size;
+        if self.cache_size < 4 * block {
+            return Err(format!(
+                "--cache-size ({}) must hold at least 4 blocks of --block-size ({block} bytes)",
+                self.cache_size
+            ));
+        }
+        let part = (self.part_size / block).max(1) * block;
+        Ok(crate::read::ReadConfig {
+            cache_size: self.cache_size,
+            block_size: block,
+            part_size: part,
+            prefetch_window: self.prefetch_window,
         })
     }
 }
@@ -628,6 +664,23 @@ mod tests {
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_block_size("1K").is_err());
         assert!(parse_block_size("2GiB").is_err());
+        let c = args(&[
+            "--region",
+            "r",
+            "--block-size",
+            "1MiB",
+            "--part-size",
+            "15MB",
+            "b",
+            "/m",
+        ])
+        .resolve(&Environment::default())
+        .unwrap();
+        assert_eq!(c.read.part_size, 15 << 20, "rounded to whole blocks");
+        let e = args(&["--region", "r", "--cache-size", "2MiB", "b", "/m"])
+            .resolve(&Environment::default())
+            .unwrap_err();
+        assert!(e.contains("--cache-size"), "{e}");
     }
 
     fn creds_of(extra: &[&str], env: &[(&str, &str)]) -> Result<CredentialsConfig, String> {

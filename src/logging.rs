@@ -29,7 +29,10 @@ pub fn init(level: LogLevel, target: LogTarget<'_>) -> Result<(), String> {
     let filter = EnvFilter::new(format!("warn,cwfs={}", level.as_str()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match target {
-        LogTarget::Stderr => builder.with_writer(io::stderr).try_init(),
+        LogTarget::Stderr => builder
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .with_writer(io::stderr)
+            .try_init(),
         LogTarget::File(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)

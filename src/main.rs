@@ -9,6 +9,15 @@ use cwfs::daemon::{self, ReadyPipe};
 use cwfs::logging::{self, LogTarget};
 
 fn main() -> ExitCode {
+    // A fixed mmap threshold: blocks of a MiB and more are mmapped and
+    // returned to the system when freed. glibc's default threshold adapts
+    // upwards after the first large free, after which freed blocks stay in
+    // the heap and the process grows past the cache budget.
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
+    }
     let mut ready = ReadyPipe::from_env();
     let cli = Cli::parse();
     let Command::Mount(args) = cli.command;

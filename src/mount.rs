@@ -47,7 +47,7 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
         .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
 
     let store = rt.block_on(connect(&cfg))?;
-    let cache = BlockCache::new(store.clone(), cfg.cache_size, cfg.block_size);
+    let cache = BlockCache::new(store.clone(), cfg.read);
     let fs = Arc::new(Fs::new(
         FsConfig {
             prefix: cfg.source.prefix.clone(),
@@ -113,6 +113,7 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
             mountpoint.display()
         )));
     }
+    raise_read_ahead(&mountpoint);
     tracing::info!(
         source = %cfg.source.display_name(),
         mountpoint = %mountpoint.display(),
@@ -162,6 +163,27 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// The kernel caps FUSE read-ahead at 128 KiB at INIT; raising the mount's
+/// backing-device read-ahead afterwards gives 1 MiB reads (measured: several
+/// times the sequential throughput of 128 KiB reads).
+const READ_AHEAD_KB: u32 = 1024;
+
+fn raise_read_ahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+        Ok(()) => tracing::debug!(path, kb = READ_AHEAD_KB, "raised the kernel read-ahead"),
+        Err(e) => {
+            tracing::debug!(path, error = %e, "could not raise the kernel read-ahead (needs root); reads stay at 128 KiB")
+        }
     }
 }
 
@@ -239,12 +261,13 @@ async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> 
     let creds = crate::creds::start(&cfg.credentials, &cfg.region)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let settings = S3Settings::new(
+    let mut settings = S3Settings::new(
         &cfg.source.bucket,
         &cfg.endpoint_url,
         &cfg.region,
         cfg.force_path_style,
     );
+    settings.max_connections = cfg.max_connections as usize;
     let store = S3Store::new(&settings, creds);
     let bucket = &cfg.source.bucket;
     let endpoint = &cfg.endpoint_url;

@@ -389,8 +389,8 @@ fn foreground_sigterm_unmounts_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(m.wait_exit().success(), "exit status 0 after SIGTERM");
     assert!(m.log_text().contains("unmounted"));
-    let _ = &mut m;
 }
 
 #[test]

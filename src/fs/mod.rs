@@ -12,6 +12,7 @@
 
 pub mod dir;
 pub mod error;
+mod readdir;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -24,10 +25,9 @@ use bytes::Bytes;
 use crate::config::MetadataTtl;
 use crate::meta::inode::Observed;
 use crate::meta::names::{check_segment, BadName};
-use crate::meta::{InodeTable, Kind, Node, ROOT_INO};
-use crate::read::{BlockCache, ObjectVersion};
-use crate::store::{ObjectStore, StoreError, StoreErrorKind};
-use dir::{EntryStream, Listing};
+use crate::meta::{InodeTable, Kind, Node};
+use crate::read::{BlockCache, ObjectVersion, PrefetchWindow};
+use crate::store::{ObjectStore, StoreErrorKind};
 pub use error::{Error, Result};
 
 /// How the tree looks to local users.
@@ -87,30 +87,9 @@ pub struct StatFs {
 
 struct FileHandle {
     version: ObjectVersion,
+    /// Locking: held only to update the window, never across an await.
+    window: Mutex<PrefetchWindow>,
 }
-
-/// State of one open directory. Locking: the async mutex serialises
-/// readdir calls on one handle; it is held across the LIST of a page, which
-/// only that handle waits for.
-struct DirHandle {
-    ino: u64,
-    prefix: Arc<str>,
-    stream: tokio::sync::Mutex<DirStream>,
-}
-
-#[derive(Default)]
-struct DirStream {
-    /// Ready entries not yet returned, with their offsets.
-    ready: std::collections::VecDeque<DirEntry>,
-    next_offset: u64,
-    token: Option<String>,
-    started: bool,
-    done: bool,
-    entries: EntryStream,
-}
-
-/// Entries per LIST page (the S3 maximum).
-const LIST_PAGE: u32 = 1000;
 
 /// The filesystem.
 pub struct Fs {
@@ -121,8 +100,22 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// Locking: held only for map operations.
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<readdir::DirHandle>>>,
+    /// Complete listings of small enough directories, for the TTL.
+    listings: readdir::ListingCache,
+    /// The ETag each inode had when it was last opened: the kernel's page
+    /// cache holds that version's data, so it may be kept on the next open
+    /// only if the ETag is unchanged.
+    opened_etags: Mutex<HashMap<u64, Arc<str>>>,
     mount_time: SystemTime,
+}
+
+/// An open file: its handle number and whether the kernel may keep the
+/// pages it cached for this inode.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
 }
 
 impl Fs {
@@ -136,6 +129,8 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            listings: readdir::ListingCache::default(),
+            opened_etags: Mutex::new(HashMap::new()),
             mount_time,
         }
     }
@@ -169,7 +164,7 @@ impl Fs {
         }
     }
 
-    fn entry(&self, node: &Node) -> Entry {
+    pub(crate) fn entry(&self, node: &Node) -> Entry {
         Entry {
             attr: self.attr(node),
             ttl: self.cfg.metadata_ttl.kernel_ttl(),
@@ -272,8 +267,7 @@ impl Fs {
     }
 
     /// Open a file for reading; pins the object's current version.
-    /// Returns the handle and whether the kernel may keep cached pages.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
         let node = self.node(ino)?;
         if node.kind == Kind::Dir {
             return Err(Error::IsDir);
@@ -287,15 +281,19 @@ impl Fs {
             self.revalidate_file(&node).await?
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let read = self.cache.config();
         let handle = FileHandle {
             version: ObjectVersion {
                 key: node.key.clone(),
                 etag: node.etag.clone(),
                 size: node.size,
             },
+            window: Mutex::new(PrefetchWindow::new(read.part_size, read.prefetch_window)),
         };
         lock(&self.files).insert(fh, Arc::new(handle));
-        Ok(fh)
+        let previous = lock(&self.opened_etags).insert(ino, node.etag.clone());
+        let keep_cache = previous.is_some_and(|e| e == node.etag);
+        Ok(Opened { fh, keep_cache })
     }
 
     /// Read `size` bytes at `offset` from an open handle.
@@ -304,115 +302,16 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or(Error::BadHandle(fh))?;
+        let len = u64::from(size);
+        let ahead = lock(&handle.window).on_read(offset, len, handle.version.size);
         self.cache
-            .read(&handle.version, offset, u64::from(size))
+            .read_ahead(&handle.version, offset, len, ahead)
             .await
             .map_err(Error::from_store)
     }
 
     pub fn release(&self, fh: u64) {
         lock(&self.files).remove(&fh);
-    }
-
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let node = self.dir_node(ino)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = DirHandle {
-            ino: node.ino,
-            prefix: node.key.clone(),
-            stream: tokio::sync::Mutex::new(DirStream::default()),
-        };
-        lock(&self.dirs).insert(fh, Arc::new(handle));
-        Ok(fh)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs).remove(&fh);
-    }
-
-    /// Entries after `offset`; `add` returns true when the reply is full
-    /// (that entry was not taken and is offered again next call).
-    pub async fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(&DirEntry) -> bool,
-    ) -> Result<()> {
-        let handle = lock(&self.dirs)
-            .get(&fh)
-            .cloned()
-            .ok_or(Error::BadHandle(fh))?;
-        let mut s = handle.stream.lock().await;
-        let behind = s.ready.front().map_or(s.next_offset, |e| e.offset - 1);
-        if !s.started || offset < behind {
-            // First call, or a rewind (seekdir/rewinddir): list afresh.
-            *s = DirStream {
-                started: true,
-                ..DirStream::default()
-            };
-            let parent = self.inodes.get(handle.ino).map_or(ROOT_INO, |n| n.parent);
-            push_entry(&mut s, handle.ino, Kind::Dir, ".");
-            push_entry(&mut s, parent, Kind::Dir, "..");
-        }
-        loop {
-            while let Some(e) = s.ready.front() {
-                if e.offset <= offset {
-                    s.ready.pop_front();
-                    continue;
-                }
-                if add(e) {
-                    return Ok(());
-                }
-                s.ready.pop_front();
-            }
-            if s.done {
-                return Ok(());
-            }
-            let listings = self.next_page(&handle, &mut s).await?;
-            for l in listings {
-                let node = match l.kind {
-                    Kind::Dir => {
-                        let key = format!("{}{}/", handle.prefix, l.name);
-                        self.inodes.upsert(
-                            handle.ino,
-                            &l.name,
-                            Kind::Dir,
-                            &key,
-                            dir_observed(self.mount_time),
-                        )
-                    }
-                    Kind::File => {
-                        let meta = l.meta.as_ref().expect("files carry metadata");
-                        self.inodes.upsert(
-                            handle.ino,
-                            &l.name,
-                            Kind::File,
-                            &meta.key,
-                            observed(meta),
-                        )
-                    }
-                };
-                push_entry(&mut s, node.ino, node.kind, &l.name);
-            }
-        }
-    }
-
-    async fn next_page(&self, handle: &DirHandle, s: &mut DirStream) -> Result<Vec<Listing>> {
-        let page = self
-            .store
-            .list_page(&handle.prefix, s.token.as_deref(), LIST_PAGE)
-            .await
-            .map_err(|e: StoreError| Error::Store(e))?;
-        let next = page.next_token.clone();
-        let mut out = s.entries.push_page(&handle.prefix, page);
-        match next {
-            Some(t) => s.token = Some(t),
-            None => {
-                out.extend(s.entries.finish());
-                s.done = true;
-            }
-        }
-        Ok(out)
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -431,18 +330,7 @@ impl Fs {
     }
 }
 
-fn push_entry(s: &mut DirStream, ino: u64, kind: Kind, name: &str) {
-    s.next_offset += 1;
-    let offset = s.next_offset;
-    s.ready.push_back(DirEntry {
-        ino,
-        offset,
-        kind,
-        name: name.to_string(),
-    });
-}
-
-fn observed(meta: &crate::store::ObjectMeta) -> Observed {
+pub(crate) fn observed(meta: &crate::store::ObjectMeta) -> Observed {
     Observed {
         size: meta.size,
         mtime: meta.last_modified,
@@ -451,7 +339,7 @@ fn observed(meta: &crate::store::ObjectMeta) -> Observed {
 }
 
 /// Directories have no object of their own: they show the mount time.
-fn dir_observed(mount_time: SystemTime) -> Observed {
+pub(crate) fn dir_observed(mount_time: SystemTime) -> Observed {
     Observed {
         size: 0,
         mtime: mount_time,
@@ -459,7 +347,7 @@ fn dir_observed(mount_time: SystemTime) -> Observed {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Handle maps are consistent after any panic (single insert/remove).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

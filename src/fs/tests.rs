@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
+use crate::meta::ROOT_INO;
 use crate::store::memory::MemoryStore;
 
 fn fs_with(keys: &[(&str, &[u8])], prefix: &str, ttl: MetadataTtl) -> (Fs, Arc<MemoryStore>) {
@@ -21,8 +22,17 @@ fn fs_with(keys: &[(&str, &[u8])], prefix: &str, ttl: MetadataTtl) -> (Fs, Arc<M
         metadata_ttl: ttl,
         read_only: true,
     };
-    let cache = BlockCache::new(store.clone(), 1 << 20, 16);
+    let cache = BlockCache::new(store.clone(), read_cfg());
     (Fs::new(cfg, store.clone(), cache), store)
+}
+
+fn read_cfg() -> crate::read::ReadConfig {
+    crate::read::ReadConfig {
+        cache_size: 1 << 20,
+        block_size: 16,
+        part_size: 64,
+        prefetch_window: 256,
+    }
 }
 
 const TTL: MetadataTtl = MetadataTtl::Finite(Duration::from_secs(60));
@@ -33,7 +43,7 @@ async fn list(fs: &Fs, ino: u64) -> Vec<String> {
     let mut offset = 0;
     loop {
         let mut got = 0;
-        fs.readdir(fh, offset, |e| {
+        fs.readdir(fh, offset, |e, _| {
             if got == 3 {
                 return true; // a small reply buffer: exercise resumption
             }
@@ -130,7 +140,7 @@ async fn reads_pin_the_version() {
         MetadataTtl::Finite(Duration::ZERO),
     );
     let e = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
-    let fh = fs.open(e.attr.ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open(e.attr.ino, libc::O_RDONLY).await.unwrap().fh;
     assert_eq!(&fs.read(fh, 3, 10).await.unwrap()[..], b"3456789abc");
     store.put("f", b"changed!".to_vec());
     // Block 0 is cached for the old version and still served; block 1 is not.
@@ -138,7 +148,7 @@ async fn reads_pin_the_version() {
     let err = fs.read(fh, 16, 3).await.unwrap_err();
     assert_eq!(err.errno(), libc::ESTALE);
     fs.release(fh);
-    let fh = fs.open(e.attr.ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open(e.attr.ino, libc::O_RDONLY).await.unwrap().fh;
     assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"changed!");
     assert_eq!(&fs.read(fh, 7, 100).await.unwrap()[..], b"!");
     assert!(fs.read(fh, 8, 100).await.unwrap().is_empty());
@@ -189,7 +199,7 @@ async fn large_directory_lists_completely() {
     let fs = Fs::new(
         cfg,
         store.clone(),
-        BlockCache::new(store.clone(), 1 << 20, 16),
+        BlockCache::new(store.clone(), read_cfg()),
     );
     let names = list(&fs, ROOT_INO).await;
     assert_eq!(names.len(), 2502);

@@ -14,9 +14,9 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tracing::Instrument;
 
@@ -58,10 +58,7 @@ fn to_file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
@@ -69,6 +66,13 @@ fn to_file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 1 << 20,
         flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
     }
 }
 
@@ -90,6 +94,12 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
+        }
+        // Attributes come with the listing (no lookup per entry for `ls -l`);
+        // the kernel picks plain readdir when it expects no stats.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
+            tracing::debug!(?missing, "the kernel offers no readdirplus");
         }
         if let Err(max) = config.set_max_background(MAX_BACKGROUND) {
             let _ = config.set_max_background(max);
@@ -126,7 +136,14 @@ impl Filesystem for FuseFs {
         let span = tracing::debug_span!("open", ino = ino.0, flags = flags.0);
         self.spawn(span, async move {
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(o) => {
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), flags)
+                }
                 Err(e) => reply.error(fail("open", &e)),
             }
         });
@@ -197,17 +214,43 @@ impl Filesystem for FuseFs {
         let span = tracing::debug_span!("readdir", ino = ino.0, fh = fh.0, offset);
         self.spawn(span, async move {
             let result = fs
-                .readdir(fh.0, offset, |e| {
-                    let kind = match e.kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
-                    reply.add(INodeNo(e.ino), e.offset, kind, &e.name)
+                .readdir(fh.0, offset, |e, _| {
+                    reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name)
                 })
                 .await;
             match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fail("readdir", &e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let fs = self.fs.clone();
+        let span = tracing::debug_span!("readdirplus", ino = ino.0, fh = fh.0, offset);
+        self.spawn(span, async move {
+            let result = fs
+                .readdir(fh.0, offset, |e, entry| {
+                    reply.add(
+                        INodeNo(e.ino),
+                        e.offset,
+                        &e.name,
+                        &entry.ttl,
+                        &to_file_attr(&entry.attr),
+                        Generation(0),
+                    )
+                })
+                .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("readdirplus", &e)),
             }
         });
     }

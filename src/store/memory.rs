@@ -13,9 +13,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
-use super::{whole_seconds, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+use super::{
+    whole_seconds, BodyStream, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+};
 
 #[derive(Debug, Clone)]
 struct Object {
@@ -111,12 +113,12 @@ impl MemoryStore {
 }
 
 impl ObjectStore for MemoryStore {
-    fn get_range<'a>(
+    fn get_stream<'a>(
         &'a self,
         key: &'a str,
         range: Range<u64>,
         etag: &'a str,
-    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+    ) -> BoxFuture<'a, Result<BodyStream, StoreError>> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         let result = match self.objects.lock().unwrap().get(key) {
             None => Err(StoreError::new(
@@ -139,7 +141,8 @@ impl ObjectStore for MemoryStore {
             )),
             Some(o) => {
                 let end = range.end.min(o.data.len() as u64);
-                Ok(o.data.slice(range.start as usize..end as usize))
+                let chunk = o.data.slice(range.start as usize..end as usize);
+                Ok(futures::stream::iter([Ok(chunk)]).boxed())
             }
         };
         futures::future::ready(result).boxed()

@@ -17,6 +17,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// A response body: chunks as they arrive.
+pub type BodyStream = BoxStream<'static, Result<Bytes, StoreError>>;
 
 pub use error::{StoreError, StoreErrorKind};
 
@@ -48,14 +53,34 @@ pub struct ListPage {
 /// which lets tests put a fault-injecting or counting wrapper around any
 /// implementation.
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Bytes `range` of `key`, only if its ETag is still `etag`.
-    /// A changed object is [`StoreErrorKind::PreconditionFailed`].
+    /// Bytes `range` of `key` as a stream of chunks, only if its ETag is
+    /// still `etag` (a changed object is
+    /// [`StoreErrorKind::PreconditionFailed`]). The stream yields exactly
+    /// `range.end - range.start` bytes or ends with an error: a short body
+    /// is [`StoreErrorKind::Protocol`], never a silent truncation.
+    fn get_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        etag: &'a str,
+    ) -> BoxFuture<'a, Result<BodyStream, StoreError>>;
+
+    /// Bytes `range` of `key` in one buffer (see [`ObjectStore::get_stream`]).
     fn get_range<'a>(
         &'a self,
         key: &'a str,
         range: Range<u64>,
         etag: &'a str,
-    ) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        Box::pin(async move {
+            let mut body = self.get_stream(key, range.clone(), etag).await?;
+            let mut out = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
+            while let Some(chunk) = body.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out.freeze())
+        })
+    }
 
     /// Metadata of `key`; [`StoreErrorKind::NotFound`] when there is none.
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, StoreError>>;

@@ -18,10 +18,12 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use super::error::classify;
-use super::{whole_seconds, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind};
+use super::{
+    whole_seconds, BodyStream, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
+};
 use crate::creds::{CredentialsHandle, MemoryCredentials};
 
 /// Settings of the S3 client.
@@ -40,6 +42,9 @@ pub struct S3Settings {
     pub attempt_timeout: Duration,
     /// Attempts per operation, including the first.
     pub max_attempts: u32,
+    /// Requests in flight at once (a GET holds its slot until its body is
+    /// read).
+    pub max_connections: usize,
 }
 
 impl S3Settings {
@@ -55,6 +60,7 @@ impl S3Settings {
             read_timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(120),
             max_attempts: 5,
+            max_connections: 64,
         }
     }
 }
@@ -65,6 +71,7 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
     creds: CredentialsHandle,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl S3Store {
@@ -93,6 +100,9 @@ impl S3Store {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: settings.bucket.clone(),
             creds,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                settings.max_connections.max(1),
+            )),
         }
     }
 
@@ -129,16 +139,21 @@ impl S3Store {
         }
     }
 
-    async fn get_range_impl(
+    async fn get_stream_impl(
         &self,
         key: &str,
         range: Range<u64>,
         etag: &str,
-    ) -> Result<Bytes, StoreError> {
+    ) -> Result<BodyStream, StoreError> {
         const OP: &str = "GetObject";
         if range.start >= range.end {
-            return Ok(Bytes::new());
+            return Ok(futures::stream::empty().boxed());
         }
+        // The permit travels with the body: a connection slot is held until
+        // the last byte is read or the stream is dropped.
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| {
+            StoreError::new(StoreErrorKind::Other, OP, key, "the store is shutting down")
+        })?;
         let resp = self
             .client
             .get_object()
@@ -150,32 +165,32 @@ impl S3Store {
             .await
             .map_err(|e| sdk_error(OP, key, e))?;
         let want = range.end - range.start;
-        let body = resp.body.collect().await.map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Network,
-                OP,
-                key,
-                format!("reading the body: {}", DisplayErrorContext(&e)),
-            )
-        })?;
-        let bytes = body.into_bytes();
-        if bytes.len() as u64 != want {
-            return Err(StoreError::new(
-                StoreErrorKind::Protocol,
-                OP,
-                key,
-                format!(
-                    "asked for {want} bytes at offset {}, got {}",
-                    range.start,
-                    bytes.len()
-                ),
-            ));
+        if let Some(len) = resp.content_length() {
+            if len < 0 || len as u64 != want {
+                return Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    OP,
+                    key,
+                    format!(
+                        "asked for {want} bytes at offset {}, the server announced {len}",
+                        range.start
+                    ),
+                ));
+            }
         }
-        Ok(bytes)
+        let state = BodyState {
+            body: resp.body,
+            remaining: want,
+            key: key.to_string(),
+            offset: range.start,
+            _permit: permit,
+        };
+        Ok(futures::stream::unfold(Some(state), next_chunk).boxed())
     }
 
     async fn head_impl(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         const OP: &str = "HeadObject";
+        let _slot = self.slots.acquire().await;
         let resp = self
             .client
             .head_object()
@@ -208,6 +223,7 @@ impl S3Store {
         max_keys: u32,
     ) -> Result<ListPage, StoreError> {
         const OP: &str = "ListObjectsV2";
+        let _slot = self.slots.acquire().await;
         let resp = self
             .client
             .list_objects_v2()
@@ -256,6 +272,65 @@ impl S3Store {
     }
 }
 
+/// What a streaming GET body needs to check its length.
+struct BodyState {
+    body: aws_sdk_s3::primitives::ByteStream,
+    remaining: u64,
+    key: String,
+    offset: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn next_chunk(
+    state: Option<BodyState>,
+) -> Option<(Result<Bytes, StoreError>, Option<BodyState>)> {
+    const OP: &str = "GetObject";
+    let mut st = state?;
+    match st.body.next().await {
+        Some(Ok(chunk)) => {
+            let n = chunk.len() as u64;
+            if n > st.remaining {
+                let e = StoreError::new(
+                    StoreErrorKind::Protocol,
+                    OP,
+                    &st.key,
+                    "the body is longer than the range asked for",
+                );
+                return Some((Err(e), None));
+            }
+            st.remaining -= n;
+            st.offset += n;
+            Some((Ok(chunk), Some(st)))
+        }
+        Some(Err(e)) => {
+            let e = StoreError::new(
+                StoreErrorKind::Network,
+                OP,
+                &st.key,
+                format!(
+                    "the body broke at offset {}: {}",
+                    st.offset,
+                    DisplayErrorContext(&e)
+                ),
+            );
+            Some((Err(e), None))
+        }
+        None if st.remaining > 0 => {
+            let e = StoreError::new(
+                StoreErrorKind::Protocol,
+                OP,
+                &st.key,
+                format!(
+                    "the body ended at offset {}, {} bytes short",
+                    st.offset, st.remaining
+                ),
+            );
+            Some((Err(e), None))
+        }
+        None => None,
+    }
+}
+
 /// Rejections that renewed keys may cure: expired or invalid tokens, an
 /// unknown access key, any other 403.
 fn may_be_stale_keys(e: &StoreError) -> bool {
@@ -266,14 +341,14 @@ fn may_be_stale_keys(e: &StoreError) -> bool {
 }
 
 impl ObjectStore for S3Store {
-    fn get_range<'a>(
+    fn get_stream<'a>(
         &'a self,
         key: &'a str,
         range: Range<u64>,
         etag: &'a str,
-    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+    ) -> BoxFuture<'a, Result<BodyStream, StoreError>> {
         self.with_credentials("GetObject", key, move || {
-            self.get_range_impl(key, range.clone(), etag)
+            self.get_stream_impl(key, range.clone(), etag)
         })
         .boxed()
     }

@@ -199,6 +199,14 @@ impl Mount {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Wait (bounded) for the daemon to exit by itself; returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let status = wait_bounded(self.child.as_mut().unwrap(), Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("cwfs did not exit:\n{}", self.log_text()));
+        self.child = None;
+        status
+    }
+
     /// Unmount with umount(8) and wait (bounded) for the daemon to exit;
     /// returns its exit status.
     pub fn unmount(&mut self) -> std::process::ExitStatus {
