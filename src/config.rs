@@ -67,6 +67,12 @@ pub struct MountArgs {
     #[command(flatten)]
     pub log: LogArgs,
 
+    /// A kernel mount flag for the FUSE mount: exec, noexec, suid, nosuid,
+    /// dev, nodev, atime, noatime, sync, async, dirsync (repeatable; the
+    /// defaults are nosuid, nodev, noatime).
+    #[arg(long, value_name = "FLAG", value_parser = ["exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime", "sync", "async", "dirsync"])]
+    pub kernel_flag: Vec<String>,
+
     /// Stay in the foreground (logs go to stderr); SIGINT/SIGTERM unmount.
     #[arg(short = 'f', long)]
     pub foreground: bool,
@@ -416,6 +422,7 @@ pub struct MountConfig {
     pub log_level: LogLevel,
     pub log_file: Option<PathBuf>,
     pub foreground: bool,
+    pub kernel_flags: Vec<String>,
 }
 
 impl MountArgs {
@@ -467,6 +474,7 @@ impl MountArgs {
             log_level: self.log.log_level,
             log_file: self.log.log_file.clone(),
             foreground: self.foreground,
+            kernel_flags: self.kernel_flag.clone(),
         })
     }
 }
@@ -546,7 +554,7 @@ fn exchange_config(
         (None, Some(v)) => TokenSource::Value(Secret::new(v)),
         (None, None) => {
             return Err(format!(
-                "the token exchange at {uri} needs a token: pass --token-file PATH, or set                  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN=\"Bearer <token>\""
+                "the token exchange at {uri} needs a token: pass --token-file PATH, or set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or AWS_CONTAINER_AUTHORIZATION_TOKEN=\"Bearer <token>\""
             ))
         }
     };

@@ -16,6 +16,7 @@ pub mod config;
 pub mod creds;
 pub mod daemon;
 pub mod fs;
+pub mod fstab;
 pub mod fuse;
 pub mod logging;
 pub mod meta;

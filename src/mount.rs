@@ -66,10 +66,8 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
         MountOption::FSName(cfg.source.display_name()),
         MountOption::Subtype("cwfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoDev,
-        MountOption::NoSuid,
     ];
+    options.extend(kernel_flags(&cfg.kernel_flags));
     if cfg.read_only {
         options.push(MountOption::RO);
     }
@@ -89,8 +87,8 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
     let mut session = fuser::Session::new(glue, &mountpoint, &fuse_config).map_err(|e| {
         err(format!(
             "mounting {} failed: {e} (cwfs needs /dev/fuse and root, or the fuse3 package's \
-             fusermount3 for unprivileged mounts; allow_other for non-root users needs \
-             user_allow_other in /etc/fuse.conf)",
+             fusermount3 for unprivileged mounts; --allow-other and --allow-root for non-root \
+             users need user_allow_other in /etc/fuse.conf)",
             mountpoint.display()
         ))
     })?;
@@ -164,6 +162,40 @@ async fn shutdown_signal() -> &'static str {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     }
+}
+
+/// The kernel flags: nosuid, nodev and noatime unless asked otherwise.
+fn kernel_flags(asked: &[String]) -> Vec<MountOption> {
+    let has = |f: &str| asked.iter().any(|a| a == f);
+    let mut out = vec![
+        if has("suid") {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if has("dev") {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if has("atime") {
+            MountOption::Atime
+        } else {
+            MountOption::NoAtime
+        },
+    ];
+    for (flag, opt) in [
+        ("noexec", MountOption::NoExec),
+        ("exec", MountOption::Exec),
+        ("sync", MountOption::Sync),
+        ("async", MountOption::Async),
+        ("dirsync", MountOption::DirSync),
+    ] {
+        if has(flag) {
+            out.push(opt);
+        }
+    }
+    out
 }
 
 /// The kernel caps FUSE read-ahead at 128 KiB at INIT; raising the mount's

@@ -14,12 +14,24 @@ use common::*;
 #[test]
 fn concurrent_random_and_sequential_reads_are_byte_exact_under_eviction() {
     let server = Server::start();
-    let files: Vec<Vec<u8>> = (0..4).map(|i| pattern(100 + i, (24 << 20) + i as usize * 12_345)).collect();
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| pattern(100 + i, (24 << 20) + i as usize * 12_345))
+        .collect();
     for (i, d) in files.iter().enumerate() {
         server.put(&format!("data/f{i}.bin"), d.clone());
     }
     // 8 MiB of cache for ~96 MiB of data: blocks are evicted all the time.
-    let m = server.mount(BUCKET, &["--cache-size", "8MiB", "--block-size", "256KiB", "--part-size", "1MiB"]);
+    let m = server.mount(
+        BUCKET,
+        &[
+            "--cache-size",
+            "8MiB",
+            "--block-size",
+            "256KiB",
+            "--part-size",
+            "1MiB",
+        ],
+    );
     let files = Arc::new(files);
     let mut threads = Vec::new();
     for t in 0..12u64 {
@@ -46,7 +58,10 @@ fn concurrent_random_and_sequential_reads_are_byte_exact_under_eviction() {
                     let n = f.read_at(&mut buf, off).unwrap();
                     let want = len.min(data.len() - off as usize);
                     assert_eq!(n, want);
-                    assert!(buf[..n] == data[off as usize..off as usize + n], "f{i} at {off}+{len}");
+                    assert!(
+                        buf[..n] == data[off as usize..off as usize + n],
+                        "f{i} at {off}+{len}"
+                    );
                 }
             }
         }));
@@ -62,7 +77,19 @@ fn versions_never_mix() {
     let v1 = pattern(1, 8 << 20);
     let v2 = pattern(2, 8 << 20);
     server.put("obj.bin", v1.clone());
-    let m = server.mount(BUCKET, &["--metadata-ttl", "1", "--block-size", "64KiB", "--part-size", "64KiB", "--prefetch-window", "0"]);
+    let m = server.mount(
+        BUCKET,
+        &[
+            "--metadata-ttl",
+            "1",
+            "--block-size",
+            "64KiB",
+            "--part-size",
+            "64KiB",
+            "--prefetch-window",
+            "0",
+        ],
+    );
     let path = m.path("obj.bin");
     let f = fs::File::open(&path).unwrap();
     let mut head = vec![0u8; 1 << 20];
@@ -74,7 +101,10 @@ fn versions_never_mix() {
     let mut buf = vec![0u8; 1 << 20];
     for off in (0..8u64 << 20).step_by(1 << 20) {
         match f.read_at(&mut buf, off) {
-            Ok(n) => assert!(buf[..n] == v1[off as usize..off as usize + n], "old handle got other bytes at {off}"),
+            Ok(n) => assert!(
+                buf[..n] == v1[off as usize..off as usize + n],
+                "old handle got other bytes at {off}"
+            ),
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}"),
         }
     }
@@ -100,8 +130,22 @@ fn mmap_reads_are_byte_exact() {
     let len = data.len();
     // SAFETY: a read-only shared mapping of a file we keep open; the
     // mapping is unmapped before the file is dropped.
-    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&f), 0) };
-    assert_ne!(ptr, libc::MAP_FAILED, "mmap failed: {}", std::io::Error::last_os_error());
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap failed: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: ptr maps exactly len readable bytes.
     let mapped = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
     // Touch pages out of order first, then compare everything.
@@ -124,5 +168,9 @@ fn rereads_of_an_unchanged_file_keep_the_page_cache() {
     for _ in 0..3 {
         assert!(fs::read(m.path("f.bin")).unwrap() == data);
     }
-    assert_eq!(server.s3.stats().get_requests, gets, "re-reads come from caches, not the store");
+    assert_eq!(
+        server.s3.stats().get_requests,
+        gets,
+        "re-reads come from caches, not the store"
+    );
 }

@@ -307,7 +307,12 @@ impl Fs {
         self.cache
             .read_ahead(&handle.version, offset, len, ahead)
             .await
-            .map_err(Error::from_store)
+            .map_err(|e| match e.kind {
+                // The object this handle pinned is gone: stale, like a
+                // replaced one.
+                StoreErrorKind::NotFound => Error::Stale(e.key),
+                _ => Error::from_store(e),
+            })
     }
 
     pub fn release(&self, fh: u64) {

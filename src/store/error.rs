@@ -70,27 +70,6 @@ impl StoreError {
             detail: detail.into(),
         }
     }
-
-    /// Advice for the person reading the message, by kind.
-    pub fn advice(&self) -> &'static str {
-        match self.kind {
-            StoreErrorKind::NoSuchBucket => "check the bucket name and the endpoint (--endpoint-url)",
-            StoreErrorKind::AccessDenied => {
-                "check the access key, secret and bucket policy; for CoreWeave check \
-                 AWS_CONTAINER_AUTHORIZATION_TOKEN and that the region (--region) is the bucket's zone"
-            }
-            StoreErrorKind::CredentialsExpired => "the credentials expired; they are renewed automatically when possible",
-            StoreErrorKind::NoCredentials => {
-                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or \
-                 AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN"
-            }
-            StoreErrorKind::Timeout | StoreErrorKind::Network => {
-                "check that the endpoint (--endpoint-url) is right and reachable from this node"
-            }
-            StoreErrorKind::Server => "the store is failing or throttling; it usually recovers by itself",
-            _ => "",
-        }
-    }
 }
 
 impl fmt::Display for StoreError {
