@@ -140,6 +140,20 @@ pub struct CacheArgs {
     #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub prefetch_window: u64,
 
+    /// Attempts per S3 request before it fails with EIO (retries use
+    /// exponential backoff with full jitter).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Give up retrying a request after this many seconds in all.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub retry_timeout: Duration,
+
+    /// A download that delivers no byte for this many seconds is resumed
+    /// from the first missing byte.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub stall_timeout: Duration,
+
     /// S3 requests in flight at once, for the whole mount.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_connections: u32,
@@ -281,6 +295,18 @@ impl MetadataTtl {
     }
 }
 
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        return Err(format!(
+            "`{s}` must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 fn parse_mode(s: &str) -> Result<u16, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let mode = u16::from_str_radix(digits, 8)
@@ -411,6 +437,8 @@ pub struct MountConfig {
     pub credentials: CredentialsConfig,
     pub read: crate::read::ReadConfig,
     pub max_connections: u32,
+    pub retry: crate::store::retry::RetryPolicy,
+    pub stall_timeout: Duration,
     pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -463,6 +491,12 @@ impl MountArgs {
             credentials,
             read: self.cache.resolve()?,
             max_connections: self.cache.max_connections,
+            retry: crate::store::retry::RetryPolicy {
+                max_attempts: self.cache.max_attempts,
+                deadline: self.cache.retry_timeout,
+                ..Default::default()
+            },
+            stall_timeout: self.cache.stall_timeout,
             read_only: self.fs.read_only,
             allow_other: self.fs.allow_other,
             allow_root: self.fs.allow_root,

@@ -26,7 +26,9 @@ pub enum LogTarget<'a> {
 
 /// Install the global subscriber. Errors say which file could not be opened.
 pub fn init(level: LogLevel, target: LogTarget<'_>) -> Result<(), String> {
-    let filter = EnvFilter::new(format!("warn,cwfs={}", level.as_str()));
+    // fuser warns about a second unmount attempt after every external
+    // `umount`; its real problems are errors.
+    let filter = EnvFilter::new(format!("warn,fuser=error,cwfs={}", level.as_str()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match target {
         LogTarget::Stderr => builder

@@ -50,6 +50,14 @@ fn main() -> ExitCode {
     if let Err(msg) = logging::init(cfg.log_level, target) {
         return fail(&mut ready, "cwfs", &msg);
     }
+    // A panic is a bug in one request: its task ends, the kernel gets EIO
+    // for that request (a dropped reply answers EIO), and the mount lives
+    // on. Say so in the log instead of a backtrace on a closed stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(
+            "internal error (a bug in cwfs, please report it): {info}; the request failed with EIO and the mount continues"
+        );
+    }));
     let result = cwfs::mount::run(cfg, || {
         if let Some(r) = ready.as_mut() {
             r.ready();

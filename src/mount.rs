@@ -300,6 +300,8 @@ async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> 
         cfg.force_path_style,
     );
     settings.max_connections = cfg.max_connections as usize;
+    settings.retry = cfg.retry;
+    settings.stall_timeout = cfg.stall_timeout;
     let store = S3Store::new(&settings, creds);
     let bucket = &cfg.source.bucket;
     let endpoint = &cfg.endpoint_url;

@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod retry;
 pub mod s3;
 
 use std::ops::Range;

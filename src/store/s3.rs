@@ -7,20 +7,23 @@
 //! (CRC on every PUT/GET) break many S3-compatible servers.
 
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::EncodingType;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use super::error::classify;
+use super::retry::{self, RetryPolicy};
 use super::{
     whole_seconds, BodyStream, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind,
 };
@@ -40,8 +43,10 @@ pub struct S3Settings {
     /// Bound on one attempt of one operation (including the body of a GET
     /// of one block).
     pub attempt_timeout: Duration,
-    /// Attempts per operation, including the first.
-    pub max_attempts: u32,
+    /// The retry policy (the SDK's own retries are off).
+    pub retry: RetryPolicy,
+    /// A GET body that delivers no byte for this long is resumed.
+    pub stall_timeout: Duration,
     /// Requests in flight at once (a GET holds its slot until its body is
     /// read).
     pub max_connections: usize,
@@ -59,7 +64,10 @@ impl S3Settings {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(120),
-            max_attempts: 5,
+            retry: RetryPolicy::default(),
+            // Far above any pause of a healthy server, short enough that a
+            // dead connection costs a reader seconds, not minutes.
+            stall_timeout: Duration::from_secs(10),
             max_connections: 64,
         }
     }
@@ -72,13 +80,15 @@ pub struct S3Store {
     bucket: String,
     creds: CredentialsHandle,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    retry: RetryPolicy,
+    stall_timeout: Duration,
 }
 
 impl S3Store {
     pub fn new(settings: &S3Settings, creds: CredentialsHandle) -> S3Store {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
+            .read_timeout(settings.read_timeout.min(settings.stall_timeout))
             .operation_attempt_timeout(settings.attempt_timeout)
             .build();
         let config = aws_sdk_s3::Config::builder()
@@ -94,7 +104,8 @@ impl S3Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .retry_config(RetryConfig::disabled())
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
         S3Store {
             client: aws_sdk_s3::Client::from_conf(config),
@@ -103,6 +114,8 @@ impl S3Store {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 settings.max_connections.max(1),
             )),
+            retry: settings.retry,
+            stall_timeout: settings.stall_timeout,
         }
     }
 
@@ -139,21 +152,15 @@ impl S3Store {
         }
     }
 
-    async fn get_stream_impl(
+    /// Send a ranged GET and check the announced length; the body is the
+    /// caller's to read.
+    async fn send_get(
         &self,
         key: &str,
-        range: Range<u64>,
+        range: &Range<u64>,
         etag: &str,
-    ) -> Result<BodyStream, StoreError> {
+    ) -> Result<ByteStream, StoreError> {
         const OP: &str = "GetObject";
-        if range.start >= range.end {
-            return Ok(futures::stream::empty().boxed());
-        }
-        // The permit travels with the body: a connection slot is held until
-        // the last byte is read or the stream is dropped.
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| {
-            StoreError::new(StoreErrorKind::Other, OP, key, "the store is shutting down")
-        })?;
         let resp = self
             .client
             .get_object()
@@ -165,27 +172,48 @@ impl S3Store {
             .await
             .map_err(|e| sdk_error(OP, key, e))?;
         let want = range.end - range.start;
-        if let Some(len) = resp.content_length() {
-            if len < 0 || len as u64 != want {
-                return Err(StoreError::new(
-                    StoreErrorKind::Protocol,
-                    OP,
-                    key,
-                    format!(
-                        "asked for {want} bytes at offset {}, the server announced {len}",
-                        range.start
-                    ),
-                ));
+        match resp.content_length() {
+            Some(len) if len >= 0 && len as u64 == want => Ok(resp.body),
+            None => Ok(resp.body),
+            Some(len) => Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                OP,
+                key,
+                format!(
+                    "asked for {want} bytes at offset {}, the server announced {len}",
+                    range.start
+                ),
+            )),
+        }
+    }
+
+    /// Run `f` under the retry policy (see [`RetryPolicy`]).
+    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let e = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            match self.retry.next(&e, attempt, start.elapsed()) {
+                Some(wait) => {
+                    tracing::debug!(op, key, attempt, error = %e, wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    if RetryPolicy::retryable(&e) {
+                        tracing::warn!(op, key, attempts = attempt, error = %e, "giving up");
+                    }
+                    return Err(retry::exhausted(e, attempt, start.elapsed()));
+                }
             }
         }
-        let state = BodyState {
-            body: resp.body,
-            remaining: want,
-            key: key.to_string(),
-            offset: range.start,
-            _permit: permit,
-        };
-        Ok(futures::stream::unfold(Some(state), next_chunk).boxed())
     }
 
     async fn head_impl(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -232,12 +260,31 @@ impl S3Store {
             .delimiter("/")
             .max_keys(max_keys.min(1000) as i32)
             .set_continuation_token(token.map(str::to_string))
+            // Keys may hold bytes XML 1.0 cannot carry (control characters):
+            // ask for them percent-encoded.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| sdk_error(OP, prefix, e))?;
+        // Decode only if the server says it encoded (some ignore the ask).
+        let encoded = resp.encoding_type() == Some(&EncodingType::Url);
+        let decode = |s: &str| -> Option<String> {
+            if encoded {
+                let d = url_decode(s);
+                if d.is_none() {
+                    tracing::debug!(raw = %s.escape_debug(), "skipping a listed name that is not valid percent-encoded UTF-8");
+                }
+                d
+            } else {
+                Some(s.to_string())
+            }
+        };
         let mut page = ListPage::default();
         for obj in resp.contents() {
-            let Some(key) = obj.key() else { continue };
+            let Some(key) = obj.key().and_then(decode) else {
+                continue;
+            };
+            let key = key.as_str();
             let size = obj.size().unwrap_or(0);
             if size < 0 {
                 tracing::debug!(key, size, "skipping listed object with a negative size");
@@ -253,7 +300,7 @@ impl S3Store {
         page.prefixes = resp
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
+            .filter_map(|p| p.prefix().and_then(decode))
             .collect();
         if resp.is_truncated() == Some(true) {
             match resp.next_continuation_token() {
@@ -272,62 +319,106 @@ impl S3Store {
     }
 }
 
-/// What a streaming GET body needs to check its length.
+/// A GET body being read: where it is, and what it needs to resume.
 struct BodyState {
-    body: aws_sdk_s3::primitives::ByteStream,
-    remaining: u64,
+    store: S3Store,
+    body: ByteStream,
     key: String,
+    etag: String,
+    /// The next byte expected, and the end of the range.
     offset: u64,
+    end: u64,
+    attempts: u32,
+    started: Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-async fn next_chunk(
-    state: Option<BodyState>,
-) -> Option<(Result<Bytes, StoreError>, Option<BodyState>)> {
-    const OP: &str = "GetObject";
-    let mut st = state?;
-    match st.body.next().await {
-        Some(Ok(chunk)) => {
-            let n = chunk.len() as u64;
-            if n > st.remaining {
-                let e = StoreError::new(
-                    StoreErrorKind::Protocol,
-                    OP,
-                    &st.key,
-                    "the body is longer than the range asked for",
-                );
-                return Some((Err(e), None));
+impl BodyState {
+    /// The next chunk of the body, resuming with a ranged GET from the first
+    /// missing byte (same ETag) when the body breaks, stalls or ends early.
+    async fn next(&mut self) -> Option<Result<Bytes, StoreError>> {
+        const OP: &str = "GetObject";
+        loop {
+            let failure =
+                match tokio::time::timeout(self.store.stall_timeout, self.body.next()).await {
+                    Ok(Some(Ok(chunk))) => {
+                        let n = chunk.len() as u64;
+                        if n > self.end - self.offset {
+                            let e = StoreError::new(
+                                StoreErrorKind::Protocol,
+                                OP,
+                                &self.key,
+                                "the body is longer than the range asked for",
+                            );
+                            return Some(Err(e));
+                        }
+                        self.offset += n;
+                        return Some(Ok(chunk));
+                    }
+                    Ok(None) if self.offset == self.end => return None,
+                    Ok(None) => StoreError::new(
+                        StoreErrorKind::Protocol,
+                        OP,
+                        &self.key,
+                        format!(
+                            "the body ended at offset {}, {} bytes short",
+                            self.offset,
+                            self.end - self.offset
+                        ),
+                    ),
+                    Ok(Some(Err(e))) => StoreError::new(
+                        StoreErrorKind::Network,
+                        OP,
+                        &self.key,
+                        format!(
+                            "the body broke at offset {}: {}",
+                            self.offset,
+                            DisplayErrorContext(&e)
+                        ),
+                    ),
+                    Err(_) => StoreError::new(
+                        StoreErrorKind::Timeout,
+                        OP,
+                        &self.key,
+                        format!(
+                            "no bytes for {}s at offset {}",
+                            self.store.stall_timeout.as_secs_f64(),
+                            self.offset
+                        ),
+                    ),
+                };
+            if let Err(e) = self.resume(failure).await {
+                return Some(Err(e));
             }
-            st.remaining -= n;
-            st.offset += n;
-            Some((Ok(chunk), Some(st)))
         }
-        Some(Err(e)) => {
-            let e = StoreError::new(
-                StoreErrorKind::Network,
-                OP,
-                &st.key,
-                format!(
-                    "the body broke at offset {}: {}",
-                    st.offset,
-                    DisplayErrorContext(&e)
-                ),
-            );
-            Some((Err(e), None))
+    }
+
+    async fn resume(&mut self, mut failure: StoreError) -> Result<(), StoreError> {
+        loop {
+            let Some(wait) = self
+                .store
+                .retry
+                .next(&failure, self.attempts, self.started.elapsed())
+            else {
+                tracing::warn!(op = "GetObject", key = %self.key, attempts = self.attempts, error = %failure, "giving up");
+                return Err(retry::exhausted(
+                    failure,
+                    self.attempts,
+                    self.started.elapsed(),
+                ));
+            };
+            tracing::debug!(key = %self.key, offset = self.offset, error = %failure, "resuming the body");
+            tokio::time::sleep(wait).await;
+            self.attempts += 1;
+            let range = self.offset..self.end;
+            match self.store.send_get(&self.key, &range, &self.etag).await {
+                Ok(body) => {
+                    self.body = body;
+                    return Ok(());
+                }
+                Err(e) => failure = e,
+            }
         }
-        None if st.remaining > 0 => {
-            let e = StoreError::new(
-                StoreErrorKind::Protocol,
-                OP,
-                &st.key,
-                format!(
-                    "the body ended at offset {}, {} bytes short",
-                    st.offset, st.remaining
-                ),
-            );
-            Some((Err(e), None))
-        }
-        None => None,
     }
 }
 
@@ -347,15 +438,47 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         etag: &'a str,
     ) -> BoxFuture<'a, Result<BodyStream, StoreError>> {
-        self.with_credentials("GetObject", key, move || {
-            self.get_stream_impl(key, range.clone(), etag)
-        })
+        async move {
+            const OP: &str = "GetObject";
+            if range.start >= range.end {
+                return Ok(futures::stream::empty().boxed());
+            }
+            // The slot travels with the body: a connection is counted until
+            // the last byte is read or the stream is dropped.
+            let permit = self.slots.clone().acquire_owned().await.map_err(|_| {
+                StoreError::new(StoreErrorKind::Other, OP, key, "the store is shutting down")
+            })?;
+            let started = Instant::now();
+            let body = self
+                .with_credentials(OP, key, || {
+                    self.retrying(OP, key, || self.send_get(key, &range, etag))
+                })
+                .await?;
+            let state = BodyState {
+                store: self.clone(),
+                body,
+                key: key.to_string(),
+                etag: etag.to_string(),
+                offset: range.start,
+                end: range.end,
+                attempts: 1,
+                started,
+                _permit: permit,
+            };
+            Ok(futures::stream::unfold(
+                state,
+                |mut st| async move { st.next().await.map(|r| (r, st)) },
+            )
+            .boxed())
+        }
         .boxed()
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, StoreError>> {
-        self.with_credentials("HeadObject", key, move || self.head_impl(key))
-            .boxed()
+        self.with_credentials("HeadObject", key, move || {
+            self.retrying("HeadObject", key, move || self.head_impl(key))
+        })
+        .boxed()
     }
 
     fn list_page<'a>(
@@ -365,7 +488,9 @@ impl ObjectStore for S3Store {
         max_keys: u32,
     ) -> BoxFuture<'a, Result<ListPage, StoreError>> {
         self.with_credentials("ListObjectsV2", prefix, move || {
-            self.list_page_impl(prefix, token, max_keys)
+            self.retrying("ListObjectsV2", prefix, move || {
+                self.list_page_impl(prefix, token, max_keys)
+            })
         })
         .boxed()
     }
@@ -382,6 +507,33 @@ fn to_system_time(t: Option<&DateTime>) -> SystemTime {
         }
         _ => SystemTime::UNIX_EPOCH,
     }
+}
+
+/// Decode S3's URL encoding of listed keys (`%XX`, and `+` for a space);
+/// `None` for a malformed escape or bytes that are not UTF-8.
+pub fn url_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(v);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Translate an SDK error into a [`StoreError`].
@@ -429,5 +581,20 @@ where
             key,
             DisplayErrorContext(&err).to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_decoding() {
+        assert_eq!(url_decode("a%20b+c%2Bd").as_deref(), Some("a b c+d"));
+        assert_eq!(url_decode("%C3%BC%01/x").as_deref(), Some("\u{fc}\u{1}/x"));
+        assert_eq!(url_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(url_decode("bad%zz"), None);
+        assert_eq!(url_decode("%FF%FE"), None, "not UTF-8");
     }
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod exchange;
+pub mod proxy;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -93,10 +94,15 @@ impl Server {
     /// A `cwfs mount` command for this server with a clean environment:
     /// path-style addressing on 127.0.0.1, static test keys.
     pub fn mount_cmd(&self, source: &str, mountpoint: &Path) -> Command {
+        self.mount_cmd_via(&self.s3.endpoint(), source, mountpoint)
+    }
+
+    /// Like [`Server::mount_cmd`], through another endpoint (a proxy).
+    pub fn mount_cmd_via(&self, endpoint: &str, source: &str, mountpoint: &Path) -> Command {
         let mut cmd = clean_command(cwfs_bin());
         cmd.arg("mount")
             .arg("--endpoint-url")
-            .arg(self.s3.endpoint())
+            .arg(endpoint)
             .arg("--region")
             .arg(self.s3.region())
             .arg("--force-path-style")
