@@ -174,3 +174,102 @@ fn rereads_of_an_unchanged_file_keep_the_page_cache() {
         "re-reads come from caches, not the store"
     );
 }
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} missing"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn memory_connections_fds_and_threads_stay_bounded() {
+    // 256 open files, 64 concurrent sequential readers, 64 MiB of budget
+    // for 1 GiB of data: the daemon's memory, sockets, descriptors and
+    // threads stay within bounds.
+    let server = Server::start();
+    let per_file = 4 << 20;
+    for i in 0..256 {
+        server.put(&format!("many/{i:03}"), pattern(i, per_file));
+    }
+    let m = server.mount(
+        BUCKET,
+        &["--cache-size", "64MiB", "--max-connections", "16"],
+    );
+    let pid = m.pid();
+    let baseline_kb = status_field(pid, "VmRSS:");
+    let files: Vec<fs::File> = (0..256)
+        .map(|i| fs::File::open(m.path(&format!("many/{i:03}"))).unwrap())
+        .collect();
+    let files = Arc::new(files);
+    let max_sockets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (max_sockets, done) = (max_sockets.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let sockets = fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| {
+                        d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                            .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                max_sockets.fetch_max(sockets as u64, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let readers: Vec<_> = (0..64usize)
+        .map(|t| {
+            let files = files.clone();
+            std::thread::spawn(move || {
+                for i in (t..256).step_by(64) {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut off = 0u64;
+                    loop {
+                        let n = files[i].read_at(&mut buf, off).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        assert!(
+                            buf[..n] == pattern(i as u64, per_file)[off as usize..off as usize + n]
+                        );
+                        off += n as u64;
+                    }
+                    assert_eq!(off, per_file as u64);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let peak_kb = status_field(pid, "VmHWM:");
+    let threads = status_field(pid, "Threads:");
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    eprintln!(
+        "baseline RSS {} MiB, peak RSS {} MiB, {threads} threads, {fds} fds, at most {} sockets",
+        baseline_kb / 1024,
+        peak_kb / 1024,
+        max_sockets.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    // Budget 64 MiB; allow 100 MiB for code, runtime and kernel buffers.
+    assert!(
+        peak_kb < baseline_kb + (64 + 100) * 1024,
+        "peak RSS {peak_kb} KiB over the budget"
+    );
+    // --max-connections bounds requests in flight; the HTTP pool may hold a
+    // few extra connections for a moment (one being opened while another
+    // turns idle), never an unbounded number.
+    assert!(
+        max_sockets.load(std::sync::atomic::Ordering::Relaxed) <= 16 + 8,
+        "connections far beyond --max-connections"
+    );
+    assert!(threads < 40, "{threads} threads");
+    assert!(fds < 64, "{fds} descriptors");
+}

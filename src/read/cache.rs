@@ -395,6 +395,10 @@ impl BlockCache {
         // Into the cache before leaving the in-flight map, so a reader
         // always finds the block in one of the two.
         self.inner.blocks.insert(key.clone(), block.clone()).await;
+        // moka applies evictions in batches; under a burst of inserts the
+        // cache can run far past its capacity before they happen. Apply
+        // them now so the budget holds (cheap: the pending work is small).
+        self.inner.blocks.run_pending_tasks().await;
         lock(&self.inner.inflight).remove(&key);
         let _ = tx.send(Some(Ok(block)));
     }
