@@ -19,6 +19,8 @@ use crate::read::BlockCache;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{ObjectStore, StoreErrorKind};
 
+/// How long open files may keep a signalled mount alive before cwfs exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// fuser worker threads: each only decodes and hands requests to tokio.
 const FUSE_THREADS: usize = 4;
 
@@ -122,9 +124,10 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
     );
     on_ready();
 
+    let mut done_rx = done_rx;
     let unmount_requested = rt.block_on(async {
         tokio::select! {
-            _ = done_rx => false,
+            _ = &mut done_rx => false,
             sig = shutdown_signal() => {
                 tracing::info!(signal = sig, "unmounting on signal");
                 true
@@ -135,6 +138,19 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
         if let Err(e) = unmounter.unmount() {
             tracing::warn!(error = %e, "unmount failed (files still open?); detaching lazily");
             lazy_unmount(&mountpoint);
+        }
+        // After a lazy detach, open files keep the connection alive. Give
+        // their readers a grace period, then exit anyway: closing
+        // /dev/fuse ends the connection, and their next reads fail.
+        let ended = rt.block_on(async { tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx).await });
+        if ended.is_err() {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "files are still open after the grace period; closing the FUSE connection"
+            );
+            rt.shutdown_timeout(Duration::from_secs(1));
+            tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+            return Ok(());
         }
     }
     match serve.join() {

@@ -506,3 +506,56 @@ fn virtual_hosted_addressing_by_default() {
     );
     assert_eq!(stdout.trim(), "virtual done");
 }
+
+#[test]
+fn sigterm_with_reads_in_flight_exits_cleanly() {
+    let server = Server::start();
+    let data = pattern(3, 64 << 20);
+    server.put("big.bin", data.clone());
+    let mut m = server.mount(BUCKET, &["--cache-size", "8MiB"]);
+    let path = m.path("big.bin");
+    let reader = std::thread::spawn(move || {
+        // Keep reading (slowly) with the file open across the shutdown.
+        let f = fs::File::open(&path).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        loop {
+            match f.read_at(&mut buf, off) {
+                Ok(0) => return Ok(off),
+                Ok(n) => {
+                    assert!(
+                        buf[..n] == data[off as usize..off as usize + n],
+                        "wrong bytes at {off}"
+                    );
+                    off += n as u64;
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(m.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = m.wait_exit();
+    assert!(
+        status.success(),
+        "exit status {status} after SIGTERM with reads in flight"
+    );
+    assert!(!is_mounted(&m.mountpoint));
+    // The reader either finished or got a clean error; it did not hang.
+    match reader.join().unwrap() {
+        Ok(n) => assert_eq!(n, 64 << 20),
+        Err(e) => assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::EIO) | Some(libc::ECONNABORTED)
+            ),
+            "{e}"
+        ),
+    }
+}
