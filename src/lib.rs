@@ -23,3 +23,6 @@ pub mod meta;
 pub mod mount;
 pub mod read;
 pub mod store;
+
+#[cfg(test)]
+mod proptests;

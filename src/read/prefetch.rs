@@ -30,7 +30,8 @@ impl PrefetchWindow {
     pub fn new(initial: u64, max: u64) -> PrefetchWindow {
         PrefetchWindow {
             initial,
-            max: max.max(initial),
+            // 0 turns prefetch off; otherwise at least one part.
+            max: if max == 0 { 0 } else { max.max(initial) },
             window: 0,
             next: 0,
             requested_to: 0,
@@ -142,5 +143,9 @@ mod tests {
     fn disabled_when_max_is_zero() {
         let mut w = PrefetchWindow::new(0, 0);
         assert_eq!(w.on_read(0, MIB, 100 * MIB), None);
+        let mut w = PrefetchWindow::new(16 * MIB, 0);
+        for i in 0..10 {
+            assert_eq!(w.on_read(i * MIB, MIB, 100 * MIB), None);
+        }
     }
 }

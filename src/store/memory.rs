@@ -70,6 +70,16 @@ impl MemoryStore {
         }
     }
 
+    /// One listing page, synchronously (for property tests of pagination).
+    pub fn list_sync_for_tests(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+    ) -> ListPage {
+        self.list_sync(prefix, token, max_keys)
+    }
+
     fn list_sync(&self, prefix: &str, token: Option<&str>, max_keys: u32) -> ListPage {
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
