@@ -31,6 +31,8 @@ pub enum Error {
     Stale(String),
     #[error("operation not supported")]
     NotSupported,
+    #[error("no such extended attribute (objects carry none)")]
+    NoXattr,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,6 +51,7 @@ impl Error {
             Error::BadHandle(_) => libc::EBADF,
             Error::Stale(_) => libc::ESTALE,
             Error::NotSupported => libc::ENOTSUP,
+            Error::NoXattr => libc::ENODATA,
             Error::Internal(_) => libc::EIO,
             Error::Store(e) => match e.kind {
                 StoreErrorKind::NotFound | StoreErrorKind::NoSuchBucket => libc::ENOENT,
@@ -75,7 +78,8 @@ impl Error {
             | Error::IsDir
             | Error::ReadOnly
             | Error::NameTooLong
-            | Error::NotSupported => Level::DEBUG,
+            | Error::NotSupported
+            | Error::NoXattr => Level::DEBUG,
             Error::Store(e) if e.kind == StoreErrorKind::NotFound => Level::DEBUG,
             Error::BadHandle(_) | Error::Stale(_) | Error::Store(_) => Level::WARN,
             Error::Internal(_) => Level::ERROR,

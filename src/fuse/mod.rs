@@ -278,7 +278,7 @@ impl Filesystem for FuseFs {
         // Permission bits are checked by the kernel (default_permissions);
         // here only writes are refused on a read-only mount.
         if mask.contains(fuser::AccessFlags::W_OK) && self.fs.config().read_only {
-            reply.error(Errno::EROFS);
+            reply.error(refused("access"));
         } else {
             reply.ok();
         }
@@ -427,7 +427,7 @@ impl Filesystem for FuseFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        reply.error(fail("getxattr", &Error::NoXattr));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
