@@ -559,3 +559,32 @@ fn sigterm_with_reads_in_flight_exits_cleanly() {
         ),
     }
 }
+
+#[test]
+fn extended_attributes_are_not_supported() {
+    let server = Server::start();
+    server.put("f", b"x".to_vec());
+    let m = server.mount(BUCKET, &[]);
+    let path = std::ffi::CString::new(m.path("f").into_os_string().into_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+        let r = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c"user.x".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+        // SAFETY: as above.
+        let r = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP));
+    }
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"x");
+}

@@ -31,8 +31,11 @@ pub enum Error {
     Stale(String),
     #[error("operation not supported")]
     NotSupported,
-    #[error("no such extended attribute (objects carry none)")]
-    NoXattr,
+    /// Extended attributes are not supported. Answered with ENOSYS, which
+    /// the kernel remembers: it stops sending xattr requests (applications
+    /// get EOPNOTSUPP), saving `ls -l` a round trip or two per entry.
+    #[error("extended attributes are not supported")]
+    XattrsUnsupported,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,7 +54,7 @@ impl Error {
             Error::BadHandle(_) => libc::EBADF,
             Error::Stale(_) => libc::ESTALE,
             Error::NotSupported => libc::ENOTSUP,
-            Error::NoXattr => libc::ENODATA,
+            Error::XattrsUnsupported => libc::ENOSYS,
             Error::Internal(_) => libc::EIO,
             Error::Store(e) => match e.kind {
                 StoreErrorKind::NotFound | StoreErrorKind::NoSuchBucket => libc::ENOENT,
@@ -79,7 +82,7 @@ impl Error {
             | Error::ReadOnly
             | Error::NameTooLong
             | Error::NotSupported
-            | Error::NoXattr => Level::DEBUG,
+            | Error::XattrsUnsupported => Level::DEBUG,
             Error::Store(e) if e.kind == StoreErrorKind::NotFound => Level::DEBUG,
             Error::BadHandle(_) | Error::Stale(_) | Error::Store(_) => Level::WARN,
             Error::Internal(_) => Level::ERROR,

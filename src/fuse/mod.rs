@@ -412,11 +412,11 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(refused("setxattr"));
+        reply.error(fail("setxattr", &Error::XattrsUnsupported));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(refused("removexattr"));
+        reply.error(fail("removexattr", &Error::XattrsUnsupported));
     }
 
     fn getxattr(
@@ -427,15 +427,11 @@ impl Filesystem for FuseFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(fail("getxattr", &Error::NoXattr));
+        reply.error(fail("getxattr", &Error::XattrsUnsupported));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(fail("listxattr", &Error::XattrsUnsupported));
     }
 
     fn fsync(
