@@ -25,6 +25,7 @@ use clap::{Args, Parser, Subcommand};
 use cwfs::creds::{self, CredentialsConfig, Secret};
 use cwfs::store::s3::{S3Settings, S3Store};
 use cwfs::store::{ObjectMeta, ObjectStore};
+use futures::StreamExt;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -198,19 +199,11 @@ async fn get(
     let keep = out.is_some();
     let start = Instant::now();
     let parts: Vec<Bytes> = if streams == 1 {
-        let b = s
-            .get_range(key, 0..size, &meta.etag)
-            .await
-            .map_err(|e| e.to_string())?;
-        if keep {
-            vec![b]
-        } else {
-            Vec::new()
-        }
+        fetch(&s, key, 0..size, &meta.etag, keep).await?
     } else {
         let nparts = size.div_ceil(part) as usize;
         let next = Arc::new(AtomicUsize::new(0));
-        let slots: Arc<Mutex<Vec<Option<Bytes>>>> = Arc::new(Mutex::new(vec![None; nparts]));
+        let slots: Arc<Mutex<Vec<Vec<Bytes>>>> = Arc::new(Mutex::new(vec![Vec::new(); nparts]));
         let mut tasks = Vec::new();
         for _ in 0..streams.min(nparts.max(1)) {
             let (s, next, slots) = (s.clone(), next.clone(), slots.clone());
@@ -223,12 +216,9 @@ async fn get(
                     }
                     let lo = i as u64 * part;
                     let hi = (lo + part).min(size);
-                    let b = s
-                        .get_range(&key, lo..hi, &etag)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let b = fetch(&s, &key, lo..hi, &etag, keep).await?;
                     if keep {
-                        slots.lock().unwrap()[i] = Some(b);
+                        slots.lock().unwrap()[i] = b;
                     }
                 }
             }));
@@ -239,6 +229,10 @@ async fn get(
         let mut slots = slots.lock().unwrap();
         slots.drain(..).flatten().collect()
     };
+    let got: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    if keep && got != size {
+        return Err(format!("{key}: fetched {got} bytes of {size}"));
+    }
     let seconds = start.elapsed().as_secs_f64();
     let to_stderr = out.as_deref() == Some("-");
     if let Some(path) = out {
@@ -260,6 +254,35 @@ async fn get(
         to_stderr,
     );
     Ok(())
+}
+
+/// Bytes `range` of `key`, consumed as the store streams them (as the
+/// filesystem does); the chunks are kept only when `keep`.
+async fn fetch(
+    s: &S3Store,
+    key: &str,
+    range: std::ops::Range<u64>,
+    etag: &str,
+    keep: bool,
+) -> Result<Vec<Bytes>, String> {
+    let want = range.end - range.start;
+    let mut body = s
+        .get_stream(key, range, etag)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut chunks = Vec::new();
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        n += chunk.len() as u64;
+        if keep {
+            chunks.push(chunk);
+        }
+    }
+    if n != want {
+        return Err(format!("{key}: got {n} bytes, wanted {want}"));
+    }
+    Ok(chunks)
 }
 
 /// Every object under `prefix` (one listing, not timed by the callers).

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::dir::EntryStream;
 use super::{dir_observed, lock, observed, DirEntry, Entry, Error, Fs, Result};
 use crate::meta::{Kind, ROOT_INO};
-use crate::store::StoreError;
+use crate::store::{ListPage, StoreError};
 
 /// Entries per LIST page (the S3 maximum).
 const LIST_PAGE: u32 = 1000;
@@ -58,6 +58,18 @@ struct DirStream {
     entries: EntryStream,
     /// Everything listed so far, while it is small enough to cache.
     collected: Option<Vec<(u64, Kind, String)>>,
+    /// The next page, already requested while the kernel consumes this one.
+    ahead: Option<tokio::task::JoinHandle<std::result::Result<ListPage, StoreError>>>,
+    /// When the listing started (a cached listing is as old as its start).
+    since: Option<Instant>,
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        if let Some(h) = self.ahead.take() {
+            h.abort();
+        }
+    }
 }
 
 impl DirStream {
@@ -108,11 +120,9 @@ impl Fs {
         let behind = s.ready.front().map_or(s.next_offset, |e| e.offset - 1);
         if !s.started || offset < behind {
             // First call, or a rewind (seekdir/rewinddir): start over.
-            *s = DirStream {
-                started: true,
-                collected: Some(Vec::new()),
-                ..DirStream::default()
-            };
+            *s = DirStream::default();
+            s.started = true;
+            s.collected = Some(Vec::new());
             let parent = self.inodes.get(handle.ino).map_or(ROOT_INO, |n| n.parent);
             s.push(handle.ino, Kind::Dir, ".");
             s.push(parent, Kind::Dir, "..");
@@ -157,13 +167,27 @@ impl Fs {
 
     /// List one more page into the handle's ready entries.
     async fn next_page(&self, handle: &DirHandle, s: &mut DirStream) -> Result<()> {
-        let started = Instant::now();
-        let page = self
-            .store
-            .list_page(&handle.prefix, s.token.as_deref(), LIST_PAGE)
-            .await
-            .map_err(|e: StoreError| Error::Store(e))?;
+        let started = *s.since.get_or_insert_with(Instant::now);
+        let page = match s.ahead.take() {
+            Some(h) => h
+                .await
+                .map_err(|e| Error::Internal(format!("the listing task ended: {e}")))?
+                .map_err(Error::Store)?,
+            None => self
+                .store
+                .list_page(&handle.prefix, s.token.as_deref(), LIST_PAGE)
+                .await
+                .map_err(Error::Store)?,
+        };
         let next = page.next_token.clone();
+        if let Some(t) = next.clone() {
+            // Pipeline: ask for the next page now, so its round trip
+            // overlaps the kernel's consumption of this one.
+            let (store, prefix) = (self.store.clone(), handle.prefix.clone());
+            s.ahead = Some(tokio::spawn(async move {
+                store.list_page(&prefix, Some(&t), LIST_PAGE).await
+            }));
+        }
         let mut listed = s.entries.push_page(&handle.prefix, page);
         match next {
             Some(t) => s.token = Some(t),

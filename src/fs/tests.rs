@@ -207,4 +207,11 @@ async fn large_directory_lists_completely() {
     sorted.dedup();
     assert_eq!(sorted.len(), 2500);
     assert_eq!(store.lists.load(Ordering::Relaxed), 3, "paginated by 1000");
+    // Within the TTL a new handle is served from the cached listing.
+    assert_eq!(list(&fs, ROOT_INO).await.len(), 2502);
+    assert_eq!(
+        store.lists.load(Ordering::Relaxed),
+        3,
+        "no LIST for a cached listing"
+    );
 }

@@ -84,7 +84,14 @@ impl MemoryStore {
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
         let mut count = 0u32;
-        let start = token.unwrap_or(prefix);
+        // Tokens say what the last entry was: `P:` a common prefix (skip all
+        // keys under it), `K:` a key.
+        let (skip_under, after) = match token {
+            Some(t) if t.starts_with("P:") => (Some(&t[2..]), Some(&t[2..])),
+            Some(t) => (None, Some(t.strip_prefix("K:").unwrap_or(t))),
+            None => (None, None),
+        };
+        let start = after.unwrap_or(prefix);
         let mut last: Option<String> = None;
         for (key, obj) in
             objects.range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
@@ -92,7 +99,9 @@ impl MemoryStore {
             if !key.starts_with(prefix) {
                 break;
             }
-            if token.is_some_and(|t| key.as_str() <= t || key.starts_with(t) && t.ends_with('/')) {
+            if after.is_some_and(|t| key.as_str() <= t)
+                || skip_under.is_some_and(|p| key.starts_with(p))
+            {
                 continue;
             }
             let rest = &key[prefix.len()..];
@@ -113,10 +122,11 @@ impl MemoryStore {
             count += 1;
             if rest.contains('/') {
                 page.prefixes.push(entry.clone());
+                last = Some(format!("P:{entry}"));
             } else {
                 page.objects.push(Self::meta(key, obj));
+                last = Some(format!("K:{entry}"));
             }
-            last = Some(entry);
         }
         page
     }
