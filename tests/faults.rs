@@ -382,3 +382,82 @@ fn a_million_entry_directory_lists_completely() {
         "peak RSS {hwm_kb} KiB"
     );
 }
+
+#[test]
+fn malformed_answers_fail_one_request_never_the_mount() {
+    let server = Server::start();
+    server.put("ok.txt", b"fine".to_vec());
+    server.put("huge", b"0123456789".to_vec());
+    server.put("neg", b"x".to_vec());
+    server.put("bad/x", b"x".to_vec());
+    server.put("loop/a", b"a".to_vec());
+    let looping = r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>testbucket</Name><Prefix>loop/</Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><Delimiter>/</Delimiter><IsTruncated>true</IsTruncated><NextContinuationToken>SAME</NextContinuationToken><Contents><Key>loop/a</Key><Size>1</Size><ETag>"e"</ETag><LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents></ListBucketResult>"#;
+    let xml = |body: &str| FaultAction::Raw {
+        status: 200,
+        headers: vec![("content-type".into(), "application/xml".into())],
+        body: bytes::Bytes::from(body.to_string()),
+    };
+    server.s3.set_fault_plan(move |req: &RequestInfo| {
+        let q = req.query.as_deref().unwrap_or("");
+        let m = req.method.as_str();
+        if m == "GET" && q.contains("list-type=2") && q.contains("prefix=loop") {
+            return xml(looping);
+        }
+        if m == "GET" && q.contains("list-type=2") && q.contains("prefix=bad%2F") {
+            return xml("<ListBucketResult><Contents><Key>unclosed");
+        }
+        if req.path.ends_with("/huge") && m == "GET" && !q.contains("list-type") {
+            // Announces far more than the range asked for, sends a little.
+            return FaultAction::Raw {
+                status: 206,
+                headers: vec![
+                    ("content-length".into(), "99999999999".into()),
+                    ("content-range".into(), "bytes 0-9/10".into()),
+                ],
+                body: bytes::Bytes::from_static(b"0123"),
+            };
+        }
+        if req.path.ends_with("/neg") && m == "HEAD" {
+            return FaultAction::Raw {
+                status: 200,
+                headers: vec![("content-length".into(), "-5".into())],
+                body: bytes::Bytes::new(),
+            };
+        }
+        FaultAction::None
+    });
+    let m = server.mount(
+        BUCKET,
+        &[
+            "--max-attempts",
+            "2",
+            "--retry-timeout",
+            "5",
+            "--metadata-ttl",
+            "0",
+        ],
+    );
+
+    // A listing whose continuation token repeats: EIO, not an endless loop.
+    let t = Instant::now();
+    let r: std::io::Result<Vec<_>> = fs::read_dir(m.path("loop")).and_then(|d| d.collect());
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    // Malformed XML: the SDK's parser may fail (EIO) or be lenient; either
+    // way one request's outcome, never a crash.
+    let _ = fs::read_dir(m.path("bad")).map(|d| d.count());
+    // A lying Content-Length and a negative one: EIO.
+    let e = fs::read(m.path("huge")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = fs::metadata(m.path("neg")).unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENOENT)),
+        "{e}"
+    );
+    // The mount lives on.
+    assert_eq!(fs::read(m.path("ok.txt")).unwrap(), b"fine");
+    assert!(
+        !m.log_text().contains("internal error"),
+        "no panic on hostile answers"
+    );
+}

@@ -69,6 +69,16 @@ pub enum FaultAction {
     },
     /// Abort the connection after sending this many bytes of the response body.
     ResetAfter(u64),
+    /// Answer exactly this (status, headers, body) without running the
+    /// handler: malformed XML, lying Content-Length, repeated tokens, ...
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// Response headers.
+        headers: Vec<(String, String)>,
+        /// Response body.
+        body: Bytes,
+    },
 }
 
 /// Decides, per request, whether to inject a fault.

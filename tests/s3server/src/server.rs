@@ -161,6 +161,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             return Ok(error_response(status, &code, "Injected fault."));
         }
         FaultAction::ResetAfter(n) => reset_after = Some(n),
+        FaultAction::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()),
+                    hyper::header::HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            return Ok(resp);
+        }
     }
 
     let req = req.map(Body::from);
