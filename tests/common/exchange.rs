@@ -183,7 +183,7 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>, s3: &TestServer) {
     });
     drop(s);
     // Alternate the two RFC 3339 forms CoreWeave and AWS use.
-    let expiration = rfc3339(expires_wall, n % 2 == 0);
+    let expiration = rfc3339(expires_wall, n.is_multiple_of(2));
     let body = format!(
         r#"{{"AccessKeyId":"{access_key}","SecretAccessKey":"{secret}","Token":"{session}","Expiration":"{expiration}"}}"#
     );
