@@ -91,6 +91,10 @@ struct FileHandle {
     window: Mutex<PrefetchWindow>,
 }
 
+/// Entries of the LIST a lookup sends: enough to pass the few `name<c>`
+/// siblings (c below `/`) that may sort between `name` and `name/`.
+const LOOKUP_PAGE: u32 = 16;
+
 /// The filesystem.
 pub struct Fs {
     cfg: FsConfig,
@@ -207,15 +211,40 @@ impl Fs {
         }
         let key = format!("{}{}", parent.key, name);
         let dir_prefix = format!("{key}/");
-        // Ask for both at once: is there a directory `name/`, and an object
-        // `name`? The directory wins when both exist.
-        let (listed, head) = tokio::join!(
-            self.store.list_page(&dir_prefix, None, 1),
-            self.store.head(&key)
-        );
-        let listed = listed.map_err(Error::from_store)?;
-        if !listed.objects.is_empty() || !listed.prefixes.is_empty() {
-            if head.is_ok() {
+        // One LIST usually answers both questions (is there an object
+        // `name`, and a directory `name/`?): with prefix `name` and
+        // delimiter `/`, the object sorts first and the prefix `name/`
+        // comes after any `name<c>` with c below `/`. When the page ends
+        // before reaching `name/`, a second LIST settles it. The directory
+        // wins when both exist.
+        let page = self
+            .store
+            .list_page(&key, None, LOOKUP_PAGE)
+            .await
+            .map_err(Error::from_store)?;
+        let file = page.objects.iter().find(|o| o.key == key).cloned();
+        // A server that does not roll `name/...` up into a common prefix
+        // still shows the directory through its keys.
+        let mut dir = page.prefixes.contains(&dir_prefix)
+            || page.objects.iter().any(|o| o.key.starts_with(&dir_prefix));
+        if !dir && page.next_token.is_some() {
+            let last = page
+                .objects
+                .last()
+                .map(|o| o.key.as_str())
+                .max(page.prefixes.last().map(String::as_str))
+                .unwrap_or("");
+            if last < dir_prefix.as_str() {
+                let under = self
+                    .store
+                    .list_page(&dir_prefix, None, 1)
+                    .await
+                    .map_err(Error::from_store)?;
+                dir = !under.objects.is_empty() || !under.prefixes.is_empty();
+            }
+        }
+        if dir {
+            if file.is_some() {
                 tracing::info!(key = %key.escape_debug(), "an object and a directory share this name; the directory wins and the object is hidden");
             }
             let node = self.inodes.upsert(
@@ -227,18 +256,17 @@ impl Fs {
             );
             return Ok(self.entry(&node));
         }
-        match head {
-            Ok(meta) => {
+        match file {
+            Some(meta) => {
                 let node = self
                     .inodes
                     .upsert(parent.ino, name, Kind::File, &key, observed(&meta));
                 Ok(self.entry(&node))
             }
-            Err(e) if e.kind == StoreErrorKind::NotFound => {
+            None => {
                 self.inodes.set_negative(parent.ino, name);
                 Err(Error::NotFound)
             }
-            Err(e) => Err(Error::from_store(e)),
         }
     }
 

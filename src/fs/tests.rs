@@ -215,3 +215,38 @@ async fn large_directory_lists_completely() {
         "no LIST for a cached listing"
     );
 }
+
+#[tokio::test]
+async fn lookup_sees_a_directory_past_many_look_alike_siblings() {
+    let mut keys: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("x-{i:03}"), b"s".to_vec()))
+        .collect();
+    keys.push(("x".into(), b"file".to_vec()));
+    keys.push(("x/inner".into(), b"i".to_vec()));
+    keys.extend((0..40).map(|i| (format!("y.{i:03}"), b"s".to_vec())));
+    keys.push(("y".into(), b"file".to_vec()));
+    let refs: Vec<(&str, &[u8])> = keys
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let (fs, store) = fs_with(&refs, "", TTL);
+    let x = fs.lookup(ROOT_INO, OsStr::new("x")).await.unwrap();
+    assert_eq!(
+        x.attr.kind,
+        Kind::Dir,
+        "the directory wins even 40 siblings later"
+    );
+    let y = fs.lookup(ROOT_INO, OsStr::new("y")).await.unwrap();
+    assert_eq!((y.attr.kind, y.attr.size), (Kind::File, 4));
+    let lists = store.lists.load(Ordering::Relaxed);
+    assert!(matches!(
+        fs.lookup(ROOT_INO, OsStr::new("x-0")).await,
+        Err(Error::NotFound)
+    ));
+    assert!(store.lists.load(Ordering::Relaxed) > lists);
+    assert_eq!(
+        store.heads.load(Ordering::Relaxed),
+        0,
+        "lookups need no HEAD"
+    );
+}
