@@ -126,6 +126,20 @@ fn conditions<'a>(
     }
 }
 
+/// The checks HEAD and GET share: the conditional headers, then the range.
+/// Returns the span to serve (`None`: the whole object).
+fn check_read(
+    obj: &StoredObject,
+    cond: Conditions<'_>,
+    range: Option<&Range>,
+) -> S3Result<Option<std::ops::Range<u64>>> {
+    let outcome = conditional::evaluate(&cond, &obj.etag, obj.last_modified);
+    if let Some(e) = conditional::condition_error(outcome, &obj.etag, obj.last_modified) {
+        return Err(e);
+    }
+    conditional::resolve_range(range, obj.data.len() as u64)
+}
+
 fn check_max_keys(max_keys: Option<i32>) -> S3Result<usize> {
     match max_keys {
         None => Ok(1000),
@@ -400,18 +414,17 @@ impl S3 for MemS3 {
         self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
         let input = req.input;
         let obj = self.store.get(&input.bucket, &input.key)?;
-        let cond = conditions(
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        );
-        let outcome = conditional::evaluate(&cond, &obj.etag, obj.last_modified);
-        if let Some(e) = conditional::condition_error(outcome, &obj.etag, obj.last_modified) {
-            return Err(e);
-        }
         let len = obj.data.len() as u64;
-        let span = conditional::resolve_range(input.range.as_ref(), len)?;
+        let span = check_read(
+            &obj,
+            conditions(
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            ),
+            input.range.as_ref(),
+        )?;
         let (content_length, content_range) = match &span {
             None => (len, None),
             Some(s) => (s.end - s.start, Some(conditional::content_range(s, len))),
@@ -443,18 +456,17 @@ impl S3 for MemS3 {
         self.stats.get_requests.fetch_add(1, Ordering::Relaxed);
         let input = req.input;
         let obj = self.store.get(&input.bucket, &input.key)?;
-        let cond = conditions(
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        );
-        let outcome = conditional::evaluate(&cond, &obj.etag, obj.last_modified);
-        if let Some(e) = conditional::condition_error(outcome, &obj.etag, obj.last_modified) {
-            return Err(e);
-        }
         let len = obj.data.len() as u64;
-        let span = conditional::resolve_range(input.range.as_ref(), len)?;
+        let span = check_read(
+            &obj,
+            conditions(
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            ),
+            input.range.as_ref(),
+        )?;
         let (body, content_range) = match &span {
             None => (obj.data.clone(), None),
             Some(s) => (
