@@ -233,6 +233,12 @@ pub struct FsArgs {
     /// store again: SECONDS (0 = always ask) or `indefinite` (immutable data).
     #[arg(long, value_name = "SECONDS|indefinite", default_value = "60", value_parser = parse_ttl)]
     pub metadata_ttl: MetadataTtl,
+
+    /// Names kept in memory that the kernel does not hold (listed, or
+    /// forgotten by the kernel), about 550 bytes each; the longest unused
+    /// go first. Names the kernel holds are always kept.
+    #[arg(long, value_name = "N", default_value_t = crate::meta::MAX_IDLE_NODES)]
+    pub max_idle_inodes: usize,
 }
 
 /// Logging knobs.
@@ -447,6 +453,7 @@ pub struct MountConfig {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: MetadataTtl,
+    pub max_idle_inodes: usize,
     pub log_level: LogLevel,
     pub log_file: Option<PathBuf>,
     pub foreground: bool,
@@ -505,6 +512,7 @@ impl MountArgs {
             file_mode: self.fs.file_mode,
             dir_mode: self.fs.dir_mode,
             metadata_ttl: self.fs.metadata_ttl,
+            max_idle_inodes: self.fs.max_idle_inodes,
             log_level: self.log.log_level,
             log_file: self.log.log_file.clone(),
             foreground: self.foreground,

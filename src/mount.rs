@@ -59,6 +59,7 @@ pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> 
             dir_mode: cfg.dir_mode,
             metadata_ttl: cfg.metadata_ttl,
             read_only: cfg.read_only,
+            max_idle_inodes: cfg.max_idle_inodes,
         },
         store,
         cache,

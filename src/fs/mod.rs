@@ -41,6 +41,9 @@ pub struct FsConfig {
     pub dir_mode: u16,
     pub metadata_ttl: MetadataTtl,
     pub read_only: bool,
+    /// Inode-table nodes kept without a kernel reference
+    /// ([`crate::meta::MAX_IDLE_NODES`] on a mount).
+    pub max_idle_inodes: usize,
 }
 
 /// Attributes of a node as the kernel sees them.
@@ -70,7 +73,7 @@ pub struct DirEntry {
     /// The offset to resume after this entry.
     pub offset: u64,
     pub kind: Kind,
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 /// Answers for `statfs`: large, sane values (an object store has no fixed size).
@@ -107,10 +110,6 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Arc<readdir::DirHandle>>>,
     /// Complete listings of small enough directories, for the TTL.
     listings: readdir::ListingCache,
-    /// The ETag each inode had when it was last opened: the kernel's page
-    /// cache holds that version's data, so it may be kept on the next open
-    /// only if the ETag is unchanged.
-    opened_etags: Mutex<HashMap<u64, Arc<str>>>,
     mount_time: SystemTime,
 }
 
@@ -126,7 +125,7 @@ impl Fs {
     pub fn new(cfg: FsConfig, store: Arc<dyn ObjectStore>, cache: BlockCache) -> Fs {
         let mount_time = crate::store::whole_seconds(SystemTime::now());
         Fs {
-            inodes: InodeTable::new(&cfg.prefix, mount_time),
+            inodes: InodeTable::with_idle_limit(&cfg.prefix, mount_time, cfg.max_idle_inodes),
             cfg,
             store,
             cache,
@@ -134,7 +133,6 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             listings: readdir::ListingCache::default(),
-            opened_etags: Mutex::new(HashMap::new()),
             mount_time,
         }
     }
@@ -202,6 +200,8 @@ impl Fs {
         }
         if let Some(node) = self.inodes.child(parent.ino, name) {
             if self.fresh(&node) {
+                // The kernel takes a reference on every entry it is given.
+                let node = self.inodes.resolve(&node, 1);
                 return Ok(self.entry(&node));
             }
         } else if let Some(when) = self.inodes.negative(parent.ino, name) {
@@ -253,14 +253,15 @@ impl Fs {
                 Kind::Dir,
                 &dir_prefix,
                 dir_observed(self.mount_time),
+                1,
             );
             return Ok(self.entry(&node));
         }
         match file {
             Some(meta) => {
-                let node = self
-                    .inodes
-                    .upsert(parent.ino, name, Kind::File, &key, observed(&meta));
+                let node =
+                    self.inodes
+                        .upsert(parent.ino, name, Kind::File, &key, observed(&meta), 1);
                 Ok(self.entry(&node))
             }
             None => {
@@ -319,8 +320,7 @@ impl Fs {
             window: Mutex::new(PrefetchWindow::new(read.part_size, read.prefetch_window)),
         };
         lock(&self.files).insert(fh, Arc::new(handle));
-        let previous = lock(&self.opened_etags).insert(ino, node.etag.clone());
-        let keep_cache = previous.is_some_and(|e| e == node.etag);
+        let keep_cache = self.inodes.opened(ino, &node.etag);
         Ok(Opened { fh, keep_cache })
     }
 
@@ -341,6 +341,17 @@ impl Fs {
                 StoreErrorKind::NotFound => Error::Stale(e.key),
                 _ => Error::from_store(e),
             })
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.forget(ino, nlookup);
+    }
+
+    /// Nodes in the inode table, and how many of them the kernel does not
+    /// hold (for tests and statistics).
+    pub fn inode_counts(&self) -> (usize, usize) {
+        (self.inodes.len(), self.inodes.idle())
     }
 
     pub fn release(&self, fh: u64) {

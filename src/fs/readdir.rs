@@ -5,19 +5,25 @@
 //! yet returned, so any directory lists with memory bounded by a page. Every
 //! listed entry is recorded in the inode table with its attributes, so the
 //! lookups and stats that follow (`ls -l`) need no request per entry, and
-//! `readdirplus` hands the attributes to the kernel directly.
+//! `readdirplus` hands the attributes to the kernel directly. Entries keep
+//! their whole record, not just an inode number: the table may drop an idle
+//! node before the entry is returned, and the record puts it back.
+//!
+//! Each entry `readdirplus` returns (but `.` and `..`) takes a kernel
+//! reference, as a lookup does; plain `readdir` takes none.
 //!
 //! A listing that completes with at most [`MAX_CACHED_ENTRIES`] entries is
 //! kept for the metadata TTL; a new handle within the TTL is served from it
-//! without a LIST.
+//! without a LIST. All cached listings together hold at most
+//! [`MAX_CACHED_TOTAL`] entries, the least recently used dropped first.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::dir::EntryStream;
 use super::{dir_observed, lock, observed, DirEntry, Entry, Error, Fs, Result};
-use crate::meta::{Kind, ROOT_INO};
+use crate::meta::{Kind, Node};
 use crate::store::{ListPage, StoreError};
 
 /// Entries per LIST page (the S3 maximum).
@@ -25,17 +31,39 @@ const LIST_PAGE: u32 = 1000;
 /// Largest directory whose complete listing is cached (about 100 bytes an
 /// entry: 10 MB at most for one directory).
 pub const MAX_CACHED_ENTRIES: usize = 100_000;
+/// Entries in all cached listings together (some 30 MB).
+pub const MAX_CACHED_TOTAL: u64 = 200_000;
 
 /// A complete listing of one directory, without `.` and `..`.
 struct CachedListing {
     at: Instant,
-    entries: Arc<Vec<(u64, Kind, String)>>,
+    entries: Vec<Node>,
 }
 
-/// Complete listings by directory inode. Locking: held only for map access.
-#[derive(Default)]
+/// Complete listings by directory inode.
 pub(super) struct ListingCache {
-    map: Mutex<HashMap<u64, CachedListing>>,
+    map: moka::future::Cache<u64, Arc<CachedListing>>,
+}
+
+impl Default for ListingCache {
+    fn default() -> Self {
+        let map = moka::future::Cache::builder()
+            .max_capacity(MAX_CACHED_TOTAL)
+            .weigher(|_, l: &Arc<CachedListing>| {
+                u32::try_from(l.entries.len() + 1).unwrap_or(u32::MAX)
+            })
+            .build();
+        ListingCache { map }
+    }
+}
+
+/// An entry ready to return: its record, for the table to resolve.
+struct Ready {
+    offset: u64,
+    name: Arc<str>,
+    node: Node,
+    /// `.` or `..`: the kernel takes no reference on these.
+    dot: bool,
 }
 
 /// State of one open directory. Locking: the async mutex serialises
@@ -44,20 +72,22 @@ pub(super) struct ListingCache {
 pub(super) struct DirHandle {
     ino: u64,
     prefix: Arc<str>,
+    /// The directory as it was at opendir (for `.` if the table drops it).
+    node: Node,
     stream: tokio::sync::Mutex<DirStream>,
 }
 
 #[derive(Default)]
 struct DirStream {
     /// Ready entries not yet returned, with their offsets.
-    ready: VecDeque<DirEntry>,
+    ready: VecDeque<Ready>,
     next_offset: u64,
     token: Option<String>,
     started: bool,
     done: bool,
     entries: EntryStream,
     /// Everything listed so far, while it is small enough to cache.
-    collected: Option<Vec<(u64, Kind, String)>>,
+    collected: Option<Vec<Node>>,
     /// The next page, already requested while the kernel consumes this one.
     ahead: Option<tokio::task::JoinHandle<std::result::Result<ListPage, StoreError>>>,
     /// When the listing started (a cached listing is as old as its start).
@@ -73,13 +103,23 @@ impl Drop for DirStream {
 }
 
 impl DirStream {
-    fn push(&mut self, ino: u64, kind: Kind, name: &str) {
+    fn push(&mut self, node: Node) {
         self.next_offset += 1;
-        self.ready.push_back(DirEntry {
-            ino,
+        self.ready.push_back(Ready {
             offset: self.next_offset,
-            kind,
-            name: name.to_string(),
+            name: node.name.clone(),
+            node,
+            dot: false,
+        });
+    }
+
+    fn push_dot(&mut self, name: &str, node: Node) {
+        self.next_offset += 1;
+        self.ready.push_back(Ready {
+            offset: self.next_offset,
+            name: Arc::from(name),
+            node,
+            dot: true,
         });
     }
 }
@@ -93,6 +133,7 @@ impl Fs {
         let handle = DirHandle {
             ino: node.ino,
             prefix: node.key.clone(),
+            node,
             stream: tokio::sync::Mutex::new(DirStream::default()),
         };
         lock(&self.dirs).insert(fh, Arc::new(handle));
@@ -105,11 +146,13 @@ impl Fs {
 
     /// Entries after `offset`, each with its attributes; `add` returns true
     /// when the reply is full (that entry was not taken and is offered again
-    /// next call).
+    /// next call). `plus`: the entries go to the kernel as lookups
+    /// (`readdirplus`), and each taken one holds a reference.
     pub async fn readdir(
         &self,
         fh: u64,
         offset: u64,
+        plus: bool,
         mut add: impl FnMut(&DirEntry, &Entry) -> bool,
     ) -> Result<()> {
         let handle = lock(&self.dirs)
@@ -123,28 +166,46 @@ impl Fs {
             *s = DirStream::default();
             s.started = true;
             s.collected = Some(Vec::new());
-            let parent = self.inodes.get(handle.ino).map_or(ROOT_INO, |n| n.parent);
-            s.push(handle.ino, Kind::Dir, ".");
-            s.push(parent, Kind::Dir, "..");
-            if let Some(cached) = self.cached_listing(handle.ino) {
-                for (ino, kind, name) in cached.iter() {
-                    s.push(*ino, *kind, name);
+            let me = self
+                .inodes
+                .get(handle.ino)
+                .unwrap_or_else(|| handle.node.clone());
+            let parent = self.inodes.get(me.parent).unwrap_or_else(|| Node {
+                ino: me.parent,
+                ..me.clone()
+            });
+            s.push_dot(".", me);
+            s.push_dot("..", parent);
+            if let Some(cached) = self.cached_listing(handle.ino).await {
+                for node in &cached.entries {
+                    s.push(node.clone());
                 }
                 s.done = true;
                 s.collected = None;
             }
         }
         loop {
-            while let Some(e) = s.ready.front() {
-                if e.offset <= offset {
+            while let Some(r) = s.ready.front() {
+                if r.offset <= offset {
                     s.ready.pop_front();
                     continue;
                 }
-                let Some(node) = self.inodes.get(e.ino) else {
-                    s.ready.pop_front();
-                    continue;
+                let refs = u64::from(plus && !r.dot);
+                let node = if r.dot {
+                    r.node.clone()
+                } else {
+                    self.inodes.resolve(&r.node, refs)
                 };
-                if add(e, &self.entry(&node)) {
+                let e = DirEntry {
+                    ino: node.ino,
+                    offset: r.offset,
+                    kind: node.kind,
+                    name: r.name.clone(),
+                };
+                if add(&e, &self.entry(&node)) {
+                    if refs > 0 {
+                        self.inodes.forget(node.ino, refs);
+                    }
                     return Ok(());
                 }
                 s.ready.pop_front();
@@ -156,13 +217,14 @@ impl Fs {
         }
     }
 
-    fn cached_listing(&self, ino: u64) -> Option<Arc<Vec<(u64, Kind, String)>>> {
-        let map = lock(&self.listings.map);
-        let c = map.get(&ino)?;
-        self.cfg
-            .metadata_ttl
-            .is_fresh(c.at.elapsed())
-            .then(|| c.entries.clone())
+    async fn cached_listing(&self, ino: u64) -> Option<Arc<CachedListing>> {
+        let c = self.listings.map.get(&ino).await?;
+        if self.cfg.metadata_ttl.is_fresh(c.at.elapsed()) {
+            Some(c)
+        } else {
+            self.listings.map.invalidate(&ino).await;
+            None
+        }
     }
 
     /// List one more page into the handle's ready entries.
@@ -198,10 +260,14 @@ impl Fs {
         }
         for l in listed {
             let node = match (l.kind, &l.meta) {
-                (Kind::File, Some(meta)) => {
-                    self.inodes
-                        .upsert(handle.ino, &l.name, Kind::File, &meta.key, observed(meta))
-                }
+                (Kind::File, Some(meta)) => self.inodes.upsert(
+                    handle.ino,
+                    &l.name,
+                    Kind::File,
+                    &meta.key,
+                    observed(meta),
+                    0,
+                ),
                 _ => {
                     let key = format!("{}{}/", handle.prefix, l.name);
                     self.inodes.upsert(
@@ -210,26 +276,28 @@ impl Fs {
                         Kind::Dir,
                         &key,
                         dir_observed(self.mount_time),
+                        0,
                     )
                 }
             };
-            s.push(node.ino, node.kind, &l.name);
             if let Some(c) = s.collected.as_mut() {
-                c.push((node.ino, node.kind, l.name));
+                c.push(node.clone());
                 if c.len() > MAX_CACHED_ENTRIES {
                     s.collected = None;
                 }
             }
+            s.push(node);
         }
         if s.done {
             if let Some(entries) = s.collected.take() {
-                lock(&self.listings.map).insert(
-                    handle.ino,
-                    CachedListing {
-                        at: started,
-                        entries: Arc::new(entries),
-                    },
-                );
+                let listing = CachedListing {
+                    at: started,
+                    entries,
+                };
+                self.listings
+                    .map
+                    .insert(handle.ino, Arc::new(listing))
+                    .await;
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ fn fs_with(keys: &[(&str, &[u8])], prefix: &str, ttl: MetadataTtl) -> (Fs, Arc<M
         dir_mode: 0o755,
         metadata_ttl: ttl,
         read_only: true,
+        max_idle_inodes: 100,
     };
     let cache = BlockCache::new(store.clone(), read_cfg());
     (Fs::new(cfg, store.clone(), cache), store)
@@ -38,12 +39,17 @@ fn read_cfg() -> crate::read::ReadConfig {
 const TTL: MetadataTtl = MetadataTtl::Finite(Duration::from_secs(60));
 
 async fn list(fs: &Fs, ino: u64) -> Vec<String> {
+    list_with(fs, ino, false).await
+}
+
+/// List `ino` as `readdir` (or `readdirplus` when `plus`) would.
+async fn list_with(fs: &Fs, ino: u64, plus: bool) -> Vec<String> {
     let fh = fs.opendir(ino).unwrap();
     let mut names = Vec::new();
     let mut offset = 0;
     loop {
         let mut got = 0;
-        fs.readdir(fh, offset, |e, _| {
+        fs.readdir(fh, offset, plus, |e, _| {
             if got == 3 {
                 return true; // a small reply buffer: exercise resumption
             }
@@ -195,6 +201,7 @@ async fn large_directory_lists_completely() {
         dir_mode: 0o755,
         metadata_ttl: TTL,
         read_only: true,
+        max_idle_inodes: 100,
     };
     let fs = Fs::new(
         cfg,
@@ -249,4 +256,55 @@ async fn lookup_sees_a_directory_past_many_look_alike_siblings() {
         0,
         "lookups need no HEAD"
     );
+}
+
+#[tokio::test]
+async fn listed_nodes_are_bounded_and_forget_releases_held_ones() {
+    let store = Arc::new(MemoryStore::new("b"));
+    for i in 0..2500 {
+        store.put(&format!("{i:05}"), b"x".to_vec());
+    }
+    let (fs, _) = {
+        let cfg = FsConfig {
+            prefix: String::new(),
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: TTL,
+            read_only: true,
+            max_idle_inodes: 100,
+        };
+        let cache = BlockCache::new(store.clone(), read_cfg());
+        (Fs::new(cfg, store.clone(), cache), ())
+    };
+    // Plain readdir takes no reference: at most 100 idle nodes stay.
+    assert_eq!(list(&fs, ROOT_INO).await.len(), 2502);
+    assert_eq!(fs.inode_counts(), (101, 100));
+    // The cached listing still lists everything, putting nodes back as it
+    // goes, and a lookup of a dropped name still works.
+    assert_eq!(list(&fs, ROOT_INO).await.len(), 2502);
+    let e = fs.lookup(ROOT_INO, OsStr::new("00000")).await.unwrap();
+    assert_eq!(e.attr.size, 1);
+    // readdirplus: every entry (not . and ..) is held until forgotten.
+    let names = list_with(&fs, ROOT_INO, true).await;
+    assert_eq!(names.len(), 2502);
+    let (len, idle) = fs.inode_counts();
+    assert_eq!((len, idle), (2501, 0));
+    let mut inos = Vec::new();
+    let fh = fs.opendir(ROOT_INO).unwrap();
+    fs.readdir(fh, 0, false, |e, _| {
+        inos.push((e.name.to_string(), e.ino));
+        false
+    })
+    .await
+    .unwrap();
+    let lookup_ino = e.attr.ino;
+    for (name, ino) in &inos[2..] {
+        // 00000 was looked up once and listed by readdirplus once.
+        let n = if name == "00000" { 2 } else { 1 };
+        assert!(*ino != lookup_ino || name == "00000");
+        fs.forget(*ino, n);
+    }
+    assert_eq!(fs.inode_counts(), (101, 100));
 }

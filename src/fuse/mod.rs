@@ -120,6 +120,11 @@ impl Filesystem for FuseFs {
         });
     }
 
+    // fuser's batch_forget calls this for each node.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
         let span = tracing::debug_span!("getattr", ino = ino.0);
@@ -214,8 +219,8 @@ impl Filesystem for FuseFs {
         let span = tracing::debug_span!("readdir", ino = ino.0, fh = fh.0, offset);
         self.spawn(span, async move {
             let result = fs
-                .readdir(fh.0, offset, |e, _| {
-                    reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name)
+                .readdir(fh.0, offset, false, |e, _| {
+                    reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &*e.name)
                 })
                 .await;
             match result {
@@ -237,11 +242,11 @@ impl Filesystem for FuseFs {
         let span = tracing::debug_span!("readdirplus", ino = ino.0, fh = fh.0, offset);
         self.spawn(span, async move {
             let result = fs
-                .readdir(fh.0, offset, |e, entry| {
+                .readdir(fh.0, offset, true, |e, entry| {
                     reply.add(
                         INodeNo(e.ino),
                         e.offset,
-                        &e.name,
+                        &*e.name,
                         &entry.ttl,
                         &to_file_attr(&entry.attr),
                         Generation(0),

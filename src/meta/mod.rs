@@ -7,4 +7,4 @@
 pub mod inode;
 pub mod names;
 
-pub use inode::{InodeTable, Kind, Node, ROOT_INO};
+pub use inode::{InodeTable, Kind, Node, MAX_IDLE_NODES, ROOT_INO};
