@@ -95,6 +95,11 @@ pub struct StoreArgs {
     /// (CoreWeave requires the default, virtual-hosted addressing).
     #[arg(long)]
     pub force_path_style: bool,
+
+    /// PEM file of CA certificates to trust for an https endpoint, besides
+    /// the system's (for a store with a private CA) [default: $AWS_CA_BUNDLE].
+    #[arg(long, value_name = "PATH")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Where credentials come from (see docs/CONFIGURATION.md for the order).
@@ -440,6 +445,7 @@ pub struct MountConfig {
     pub endpoint_url: String,
     pub region: String,
     pub force_path_style: bool,
+    pub ca_bundle: Option<PathBuf>,
     pub credentials: CredentialsConfig,
     pub read: crate::read::ReadConfig,
     pub max_connections: u32,
@@ -495,6 +501,11 @@ impl MountArgs {
             endpoint_url: endpoint_url.trim_end_matches('/').to_string(),
             region,
             force_path_style: self.store.force_path_style,
+            ca_bundle: self
+                .store
+                .ca_bundle
+                .clone()
+                .or_else(|| env.get("AWS_CA_BUNDLE").map(PathBuf::from)),
             credentials,
             read: self.cache.resolve()?,
             max_connections: self.cache.max_connections,

@@ -319,7 +319,8 @@ async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> 
     settings.max_connections = cfg.max_connections as usize;
     settings.retry = cfg.retry;
     settings.stall_timeout = cfg.stall_timeout;
-    let store = S3Store::new(&settings, creds);
+    settings.ca_bundle = cfg.ca_bundle.clone();
+    let store = S3Store::new(&settings, creds).map_err(err)?;
     let bucket = &cfg.source.bucket;
     let endpoint = &cfg.endpoint_url;
     if let Err(e) = store.list_page(&cfg.source.prefix, None, 1).await {
@@ -340,6 +341,11 @@ async fn connect(cfg: &MountConfig) -> Result<Arc<dyn ObjectStore>, MountError> 
                 } else {
                     "; with virtual-hosted addressing BUCKET.HOST must resolve (use --force-path-style for servers that need it)"
                 }
+            ),
+            StoreErrorKind::Tls => format!(
+                "the TLS connection to {endpoint} failed ({e}): if the server's certificate comes from \
+                 a private CA, pass it with --ca-bundle PATH (or AWS_CA_BUNDLE); otherwise install \
+                 ca-certificates and check that the endpoint's host name matches its certificate"
             ),
             _ => format!("cannot list bucket `{bucket}` at {endpoint}: {e}"),
         };

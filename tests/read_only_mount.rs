@@ -588,3 +588,74 @@ fn extended_attributes_are_not_supported() {
     }
     assert_eq!(fs::read(m.path("f")).unwrap(), b"x");
 }
+
+#[test]
+fn https_endpoint_with_a_private_ca() {
+    let dir = TempDir::new("tls");
+    let certs = TestCerts::generate(dir.path());
+    let server = Server::start_tls(&certs);
+    assert!(server.s3.endpoint().starts_with("https://"));
+    let data = pattern(7, 24 << 20);
+    server.put("data/model.bin", data.clone());
+    let ca = certs.ca_cert.to_str().unwrap();
+
+    // Trusted through --ca-bundle: reads are byte-exact over TLS.
+    let m = server.mount(BUCKET, &["--ca-bundle", ca]);
+    assert_eq!(fs::read(m.path("data/model.bin")).unwrap(), data);
+    let names: Vec<_> = fs::read_dir(m.path("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["model.bin"]);
+    drop(m);
+
+    // Or through AWS_CA_BUNDLE, as the AWS tools read it.
+    let mp = dir.path().join("m");
+    fs::create_dir(&mp).unwrap();
+    let mut cmd = server.mount_cmd(BUCKET, &mp);
+    cmd.env("AWS_CA_BUNDLE", ca);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut head = vec![0u8; 4096];
+    fs::File::open(mp.join("data/model.bin"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(head, data[..4096]);
+    let out = run_bounded(
+        {
+            let mut c = Command::new("umount");
+            c.arg(&mp);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success());
+
+    // Untrusted: the mount fails at once (a certificate is not retried)
+    // and says what to do.
+    let out = run_bounded(server.mount_cmd(BUCKET, &mp), Duration::from_secs(60));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("TLS") && e.contains("--ca-bundle") && e.contains("certificate"),
+        "{e}"
+    );
+    eprintln!("untrusted: {e}");
+    assert!(!e.contains("attempts"), "a TLS failure is not retried: {e}");
+    assert!(!is_mounted(&mp));
+
+    // A bundle that is not PEM is refused with its path.
+    let bogus = dir.path().join("bogus.pem");
+    fs::write(&bogus, "not a certificate").unwrap();
+    let mut cmd = server.mount_cmd(BUCKET, &mp);
+    cmd.arg("--ca-bundle").arg(&bogus);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("CA bundle") && e.contains("bogus.pem"), "{e}");
+}

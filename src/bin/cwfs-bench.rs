@@ -134,7 +134,7 @@ async fn store(common: &Common, bucket: &str) -> Result<Arc<S3Store>, String> {
         .await
         .map_err(|e| e.to_string())?;
     let settings = S3Settings::new(bucket, &common.endpoint, &common.region, common.path_style);
-    Ok(Arc::new(S3Store::new(&settings, handle)))
+    Ok(Arc::new(S3Store::new(&settings, handle)?))
 }
 
 fn json_line(v: serde_json::Value, to_stderr: bool) {

@@ -65,6 +65,7 @@ impl Error {
                 StoreErrorKind::InvalidRange
                 | StoreErrorKind::Timeout
                 | StoreErrorKind::Network
+                | StoreErrorKind::Tls
                 | StoreErrorKind::Server
                 | StoreErrorKind::Protocol
                 | StoreErrorKind::Other => libc::EIO,

@@ -28,8 +28,11 @@ pub enum StoreErrorKind {
     InvalidRange,
     /// A timeout (connect, read or whole attempt).
     Timeout,
-    /// Connection refused/reset, DNS failure, TLS failure.
+    /// Connection refused/reset, DNS failure.
     Network,
+    /// The TLS handshake failed (an untrusted certificate, a wrong host
+    /// name): not retried, a certificate does not change by itself.
+    Tls,
     /// The server answered 5xx or throttled (503 SlowDown) after retries.
     Server,
     /// The answer did not parse or made no sense.

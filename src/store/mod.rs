@@ -9,6 +9,7 @@
 //! the caller); the store knows nothing of caching, inodes or paths.
 
 pub mod error;
+pub mod http;
 pub mod memory;
 pub mod retry;
 pub mod s3;

@@ -50,6 +50,8 @@ pub struct S3Settings {
     /// Requests in flight at once (a GET holds its slot until its body is
     /// read).
     pub max_connections: usize,
+    /// Extra CA certificates (PEM) to trust for https endpoints.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 impl S3Settings {
@@ -69,6 +71,7 @@ impl S3Settings {
             // dead connection costs a reader seconds, not minutes.
             stall_timeout: Duration::from_secs(10),
             max_connections: 64,
+            ca_bundle: None,
         }
     }
 }
@@ -82,10 +85,21 @@ pub struct S3Store {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     retry: RetryPolicy,
     stall_timeout: Duration,
+    sockets: std::sync::Arc<super::http::SocketStats>,
 }
 
 impl S3Store {
-    pub fn new(settings: &S3Settings, creds: CredentialsHandle) -> S3Store {
+    /// A store for `settings`; fails only when the CA bundle is unusable.
+    pub fn new(settings: &S3Settings, creds: CredentialsHandle) -> Result<S3Store, String> {
+        // Requests in flight and open sockets are both bounded by
+        // --max-connections: the slots below, and the socket permits in
+        // the HTTP client.
+        let (http_client, sockets) = super::http::client(&super::http::HttpSettings {
+            max_sockets: settings.max_connections.max(1),
+            connect_timeout: settings.connect_timeout,
+            header_timeout: settings.read_timeout.min(settings.stall_timeout),
+            ca_bundle: settings.ca_bundle.clone(),
+        })?;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout.min(settings.stall_timeout))
@@ -93,6 +107,7 @@ impl S3Store {
             .build();
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(http_client)
             .region(Region::new(settings.region.clone()))
             .endpoint_url(settings.endpoint_url.clone())
             .force_path_style(settings.force_path_style)
@@ -107,7 +122,7 @@ impl S3Store {
             .retry_config(RetryConfig::disabled())
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
-        S3Store {
+        Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: settings.bucket.clone(),
             creds,
@@ -116,7 +131,13 @@ impl S3Store {
             )),
             retry: settings.retry,
             stall_timeout: settings.stall_timeout,
-        }
+            sockets,
+        })
+    }
+
+    /// Sockets open now and at most so far.
+    pub fn sockets(&self) -> &super::http::SocketStats {
+        &self.sockets
     }
 
     /// Run `op` with the current keys. Fails fast when the keys have expired
@@ -561,10 +582,15 @@ where
         }
         SdkError::TimeoutError(_) => StoreError::new(StoreErrorKind::Timeout, op, key, "timed out"),
         SdkError::DispatchFailure(d) => {
+            if let Some(why) = super::http::tls_failure(&err) {
+                return StoreError::new(StoreErrorKind::Tls, op, key, why);
+            }
             let kind = if d.is_timeout() {
                 StoreErrorKind::Timeout
-            } else {
+            } else if d.is_io() {
                 StoreErrorKind::Network
+            } else {
+                StoreErrorKind::Other
             };
             let detail = DisplayErrorContext(&err).to_string();
             StoreError::new(kind, op, key, detail)

@@ -74,6 +74,76 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A private CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with the `openssl` command in `dir`.
+pub struct TestCerts {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate(dir: &Path) -> TestCerts {
+        let p = |name: &str| dir.join(name).to_str().expect("UTF-8 temp dir").to_string();
+        let openssl = |args: &[&str]| {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args);
+            let out = run_bounded(cmd, Duration::from_secs(30));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let (ca_key, ca, key, csr, cert, ext) = (
+            p("ca.key"),
+            p("ca.pem"),
+            p("server.key"),
+            p("server.csr"),
+            p("server.pem"),
+            p("ext.cnf"),
+        );
+        let mut args: Vec<&str> = vec!["req", "-x509"];
+        args.extend(ec.split(' '));
+        args.extend(["-keyout", &ca_key, "-out", &ca, "-days", "2"]);
+        args.extend(["-subj", "/CN=cwfs test CA"]);
+        openssl(&args);
+        let mut args: Vec<&str> = vec!["req"];
+        args.extend(ec.split(' '));
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+        openssl(&args);
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:*.localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        TestCerts {
+            ca_cert: ca.into(),
+            server_cert: cert.into(),
+            server_key: key.into(),
+        }
+    }
+}
+
 /// A running test server with one bucket and one key pair.
 pub struct Server {
     pub s3: Arc<TestServer>,
@@ -81,7 +151,22 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let s3 = TestServer::start(ServerConfig::default()).expect("start the test S3 server");
+        Server::start_with(ServerConfig::default())
+    }
+
+    /// An https server whose certificate `certs` signed (see [`TestCerts`]).
+    pub fn start_tls(certs: &TestCerts) -> Server {
+        Server::start_with(ServerConfig {
+            tls: Some(cwfs_testserver::TlsFiles {
+                cert_chain: certs.server_cert.clone(),
+                key: certs.server_key.clone(),
+            }),
+            ..ServerConfig::default()
+        })
+    }
+
+    pub fn start_with(config: ServerConfig) -> Server {
+        let s3 = TestServer::start(config).expect("start the test S3 server");
         s3.add_credentials(ACCESS_KEY, SECRET_KEY, None, None);
         s3.create_bucket(BUCKET);
         Server { s3: Arc::new(s3) }

@@ -62,6 +62,39 @@ pub struct ServerConfig {
     pub min_part_size: u64,
     /// Credentials installed at start: (access key, secret key).
     pub credentials: Vec<(String, String)>,
+    /// Serve https with this certificate chain and key (PEM files) instead
+    /// of plain http.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for an https server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate, then any intermediates.
+    pub cert_chain: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert_chain)
+        .map_err(|e| bad("certificate chain", &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate chain", &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("private key", &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key", &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Default for ServerConfig {
@@ -73,6 +106,7 @@ impl Default for ServerConfig {
             enforce_region: true,
             min_part_size: 5 << 20,
             credentials: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -134,6 +168,7 @@ impl StatsInner {
 
 /// A running server. Stops on [`TestServer::shutdown`] or drop.
 pub struct TestServer {
+    scheme: &'static str,
     port: u16,
     region: String,
     store: Arc<Store>,
@@ -157,6 +192,7 @@ impl TestServer {
     /// Starts on 127.0.0.1 in a background thread with its own 2-worker tokio runtime; returns
     /// once the listener accepts connections.
     pub fn start(config: ServerConfig) -> std::io::Result<TestServer> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener = std::net::TcpListener::bind(("127.0.0.1", config.port))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -222,7 +258,7 @@ impl TestServer {
                             return;
                         }
                     };
-                    server::serve(listener, serve_shared, stop_rx).await;
+                    server::serve(listener, tls, serve_shared, stop_rx).await;
                 });
                 runtime.shutdown_timeout(std::time::Duration::from_millis(200));
             })?;
@@ -233,6 +269,11 @@ impl TestServer {
         }
 
         Ok(TestServer {
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             port,
             region: config.region,
             store,
@@ -244,9 +285,9 @@ impl TestServer {
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// The TCP port.

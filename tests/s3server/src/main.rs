@@ -24,6 +24,12 @@ struct Args {
     /// Region that requests must be signed for (lower case).
     #[arg(long, default_value = "us-test-1")]
     region: String,
+    /// Serve https with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Access key accepted by the server.
     #[arg(long, default_value = "cwfs-test")]
     access_key: String,
@@ -110,10 +116,18 @@ fn main() -> ExitCode {
         region: args.region.clone(),
         virtual_host_domain: Some(args.virtual_host_domain.clone()),
         credentials: vec![(args.access_key.clone(), args.secret_key.clone())],
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert_chain, key)| cwfs_testserver::TlsFiles { cert_chain, key }),
         ..ServerConfig::default()
     };
     let server = match TestServer::start(config) {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return fail(format!("cannot set up TLS from --tls-cert/--tls-key: {e}"))
+        }
         Err(e) => return fail(format!("cannot listen on 127.0.0.1:{}: {e}", args.port)),
     };
 

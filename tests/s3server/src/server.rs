@@ -80,6 +80,7 @@ pub(crate) struct Shared {
 /// Accepts connections until `shutdown` fires.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
@@ -98,9 +99,21 @@ pub(crate) async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let http = Arc::clone(&http);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
-                    let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => {
+                            // A failed handshake (e.g. the client does not
+                            // trust the certificate) just ends the connection.
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         }
