@@ -485,4 +485,81 @@ mod tests {
         assert!(t.opened(d.ino, &Arc::from("x")));
         assert!(!t.opened(d.ino, &Arc::from("y")));
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert { name: u8, dir: bool, refs: u64 },
+        Resolve { pick: usize, refs: u64 },
+        Forget { pick: usize, all: bool },
+        Remove { name: u8 },
+        Negative { name: u8 },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..12, any::<bool>(), 0u64..2).prop_map(|(name, dir, refs)| Op::Upsert { name, dir, refs }),
+            3 => (any::<usize>(), 0u64..2).prop_map(|(pick, refs)| Op::Resolve { pick, refs }),
+            3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, all)| Op::Forget { pick, all }),
+            1 => (0u8..12).prop_map(|name| Op::Remove { name }),
+            1 => (0u8..12).prop_map(|name| Op::Negative { name }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of the kernel's lookup counts: a node the kernel
+        /// holds is never dropped, idle nodes stay within the limit, and the
+        /// maps agree with each other.
+        #[test]
+        fn held_nodes_survive_and_idle_ones_are_bounded(
+            ops in proptest::collection::vec(op(), 1..200),
+            max_idle in 0usize..5,
+        ) {
+            let t = InodeTable::with_idle_limit("", SystemTime::UNIX_EPOCH, max_idle);
+            let mut kernel: HashMap<u64, u64> = HashMap::new();
+            let mut seen: Vec<Node> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Upsert { name, dir, refs } => {
+                        let (kind, key) = if dir { (Kind::Dir, format!("n{name}/")) } else { (Kind::File, format!("n{name}")) };
+                        let n = t.upsert(ROOT_INO, &format!("n{name}"), kind, &key, obs(1, "e"), refs);
+                        *kernel.entry(n.ino).or_default() += refs;
+                        seen.push(n);
+                    }
+                    Op::Resolve { pick, refs } if !seen.is_empty() => {
+                        let n = t.resolve(&seen[pick % seen.len()].clone(), refs);
+                        *kernel.entry(n.ino).or_default() += refs;
+                        seen.push(n);
+                    }
+                    Op::Forget { pick, all } => {
+                        let held: Vec<(u64, u64)> = kernel.iter().filter(|(_, &c)| c > 0).map(|(&i, &c)| (i, c)).collect();
+                        if !held.is_empty() {
+                            let (ino, count) = held[pick % held.len()];
+                            let n = if all { count } else { 1 };
+                            t.forget(ino, n);
+                            *kernel.get_mut(&ino).unwrap() -= n;
+                        }
+                    }
+                    Op::Remove { name } => t.remove_child(ROOT_INO, &format!("n{name}")),
+                    Op::Negative { name } => t.set_negative(ROOT_INO, &format!("n{name}")),
+                    Op::Resolve { .. } => {}
+                }
+                for (ino, &c) in &kernel {
+                    proptest::prop_assert!(c == 0 || t.get(*ino).is_some(), "held node {} dropped", ino);
+                }
+                let tables = t.lock();
+                let zero = tables.nodes.values().filter(|s| s.lookups == 0).count();
+                proptest::prop_assert_eq!(zero, tables.idle_count);
+                proptest::prop_assert!(tables.idle_count <= max_idle);
+                for ino in tables.children.values() {
+                    proptest::prop_assert!(tables.nodes.contains_key(ino));
+                }
+                for (ino, slot) in &tables.nodes {
+                    if *ino != ROOT_INO {
+                        proptest::prop_assert_eq!(slot.lookups, kernel.get(ino).copied().unwrap_or(0));
+                    }
+                }
+            }
+        }
+    }
 }

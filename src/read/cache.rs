@@ -19,6 +19,10 @@
 //! blocks; each block is handed to its waiters as soon as its bytes are in,
 //! not when the whole run is.
 //!
+//! Memory of evicted full-size blocks is reused for new ones (see
+//! [`super::pool`]); up to [`POOL_BYTES`] (or an eighth of the budget, if
+//! less) of free buffers may wait there, outside the budget.
+//!
 //! Locking: `inflight` is a std mutex held only to look up, insert or
 //! remove entries, never across an await.
 
@@ -62,6 +66,9 @@ pub struct CacheStats {
 
 type Slot = Option<Result<Bytes, StoreError>>;
 
+/// Most free buffers kept for reuse, in bytes.
+pub const POOL_BYTES: u64 = 64 << 20;
+
 struct Inner {
     store: Arc<dyn ObjectStore>,
     blocks: Cache<BlockKey, Bytes>,
@@ -71,6 +78,8 @@ struct Inner {
     budget: Arc<Semaphore>,
     budget_blocks: u64,
     stats: CacheStats,
+    /// Buffers of evicted blocks, reused for new ones.
+    pool: Arc<super::pool::BufferPool>,
 }
 
 /// See the module docs.
@@ -118,6 +127,10 @@ impl BlockCache {
                 budget: Arc::new(Semaphore::new(budget_blocks as usize)),
                 budget_blocks,
                 stats: CacheStats::default(),
+                pool: super::pool::BufferPool::new(
+                    cfg.block_size as usize,
+                    (POOL_BYTES.min(cfg.cache_size / 8) / cfg.block_size).max(1) as usize,
+                ),
             }),
         }
     }
@@ -340,7 +353,8 @@ impl BlockCache {
         let mut senders = senders.into_iter();
         let mut index = first;
         let block_len = |i: u64| (((i + 1) * bs).min(obj.size) - i * bs) as usize;
-        let mut buf = BytesMut::with_capacity(block_len(index));
+        let pool = inner.pool.clone();
+        let mut buf = pool.take(block_len(index));
         while let Some(chunk) = body.next().await {
             let mut chunk = match chunk {
                 Ok(c) => c,
@@ -358,7 +372,7 @@ impl BlockCache {
                 let piece = chunk.split_to(want.min(chunk.len()));
                 buf.extend_from_slice(&piece);
                 if buf.len() == block_len(index) {
-                    let block = std::mem::take(&mut buf).freeze();
+                    let block = pool.freeze(std::mem::take(&mut buf));
                     let tx = senders.next().expect("one sender per block");
                     self.complete(&obj, index, tx, block).await;
                     // The block now counts in the cache's weight.
@@ -367,7 +381,7 @@ impl BlockCache {
                     }
                     index += 1;
                     if index < first + n {
-                        buf = BytesMut::with_capacity(block_len(index));
+                        buf = pool.take(block_len(index));
                     }
                 }
             }
@@ -544,6 +558,10 @@ mod tests {
             t.await.unwrap();
         }
         assert!(cache.inner.blocks.weighted_size() <= 16 << 10);
+        assert!(
+            cache.inner.pool.reused.load(Ordering::Relaxed) > 100,
+            "evicted blocks' buffers are reused"
+        );
     }
 
     #[tokio::test]

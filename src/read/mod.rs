@@ -5,6 +5,7 @@
 //! and the per-handle [`PrefetchWindow`] logic ([`prefetch`]).
 
 pub mod cache;
+mod pool;
 pub mod prefetch;
 
 use std::ops::Range;
