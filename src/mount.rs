@@ -42,6 +42,8 @@ fn err(msg: impl Into<String>) -> MountError {
 /// answers; errors before that are returned.
 pub fn run(cfg: MountConfig, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    // Held until this process exits (see `lock_mountpoint`).
+    let _lock = lock_mountpoint(&mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cwfs-io")
@@ -244,6 +246,72 @@ fn lazy_unmount(mountpoint: &Path) {
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
         tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed; run `umount -l {}`", mountpoint.display());
     }
+}
+
+/// How long a new mount waits for an earlier cwfs of the same mountpoint to
+/// finish exiting (its grace period for open files, plus its shutdown).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Lock the mountpoint directory (the one under the mount) for the life of
+/// this process.
+///
+/// A daemon whose mount was unmounted is still exiting for a moment, and
+/// fuser, when its session ends, unmounts the session's path again whether
+/// or not that is still its own mount; a new mount made at the same path in
+/// that moment would be taken away. The lock makes a new mount wait until
+/// the old process is gone.
+fn lock_mountpoint(mountpoint: &Path) -> Result<std::fs::File, MountError> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(mountpoint).map_err(|e| {
+        err(format!(
+            "cannot open mountpoint {}: {e}",
+            mountpoint.display()
+        ))
+    })?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        // SAFETY: a valid open descriptor; flock has no memory effects.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err(format!(
+                "cannot lock mountpoint {}: {e}",
+                mountpoint.display()
+            )));
+        }
+        if is_mount_point(mountpoint) {
+            return Err(err(format!(
+                "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
+                mountpoint.display(),
+                mountpoint.display()
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(err(format!(
+                "another cwfs process for {} is still shutting down after {}s (it holds the \
+                 mountpoint's lock): wait for it to exit, or find it with `pgrep -af 'cwfs mount'`",
+                mountpoint.display(),
+                LOCK_WAIT.as_secs()
+            )));
+        }
+        if !logged {
+            tracing::info!(mountpoint = %mountpoint.display(), "waiting for the previous cwfs of this mountpoint to exit");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another mount may have been made while we waited.
+    if is_mount_point(mountpoint) {
+        return Err(err(format!(
+            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
+            mountpoint.display(),
+            mountpoint.display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// The mountpoint must be an existing directory with nothing mounted on it.

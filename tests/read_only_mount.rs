@@ -659,3 +659,118 @@ fn https_endpoint_with_a_private_ca() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("CA bundle") && e.contains("bogus.pem"), "{e}");
 }
+
+#[test]
+fn remounting_right_after_umount_keeps_the_new_mount() {
+    // An old daemon still exiting after `umount` must never unmount the
+    // new mount at the same path. A full cache makes its exit slow, which
+    // widens the window.
+    let server = Server::start();
+    server.put("big.bin", pattern(3, 512 << 20));
+    server.put("small.txt", b"still here".to_vec());
+    for round in 0..3 {
+        let mut old = server.mount(BUCKET, &["--cache-size", "1GiB"]);
+        assert_eq!(fs::read(old.path("big.bin")).unwrap().len(), 512 << 20);
+        let mp: std::path::PathBuf = old.path("").components().collect();
+        let out = run_bounded(
+            {
+                let mut c = Command::new("umount");
+                c.arg(&mp);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success());
+        let log = old
+            .path("")
+            .parent()
+            .unwrap()
+            .join(format!("new-{round}.log"));
+        let mut cmd = server.mount_cmd(BUCKET, &mp);
+        cmd.arg("--log-file").arg(&log);
+        let out = run_bounded(cmd, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let new_pid: u32 = fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.split(" pid=").nth(1))
+            .and_then(|p| p.split_whitespace().next()?.parse().ok())
+            .expect("the new daemon logs its pid");
+        assert!(old.wait_exit().success());
+        std::thread::sleep(Duration::from_millis(300));
+        let alive =
+            is_mounted(&mp) && fs::read(mp.join("small.txt")).is_ok_and(|d| d == b"still here");
+        // Clean up the new daemon (ours, by PID) before asserting.
+        let _ = Command::new("umount").arg(&mp).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "new daemon did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            alive,
+            "round {round}: the old daemon's exit took the new mount away; new daemon's log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn a_new_mount_waits_for_the_previous_daemon_of_its_mountpoint() {
+    // A daemon holds a lock on its mountpoint directory until it has
+    // exited; stand in for one that is still exiting by holding it here.
+    use std::os::fd::AsRawFd;
+    let server = Server::start();
+    server.put("f", b"ok".to_vec());
+    let dir = TempDir::new("lock");
+    let mp = dir.path().join("m");
+    fs::create_dir(&mp).unwrap();
+    let held = fs::File::open(&mp).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let log = dir.path().join("cwfs.log");
+    let mut cmd = server.mount_cmd(BUCKET, &mp);
+    cmd.arg("--log-file").arg(&log);
+    let mut child = ChildGuard(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // It waits (and says so) instead of mounting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("waiting for the previous cwfs")
+    {
+        assert!(std::time::Instant::now() < deadline, "no waiting message");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mp));
+    // Released: it mounts.
+    drop(held);
+    let status = wait_bounded(&mut child.0, Duration::from_secs(60)).expect("mount returns");
+    assert!(status.success());
+    assert_eq!(fs::read(mp.join("f")).unwrap(), b"ok");
+    let pid: u32 = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split(" pid=").nth(1))
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(Command::new("umount").arg(&mp).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

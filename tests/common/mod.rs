@@ -355,6 +355,19 @@ pub fn force_unmount(path: &Path) {
     }
 }
 
+/// A child process killed (by its PID) and reaped if the test ends, or
+/// fails, while it still runs.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
