@@ -47,7 +47,8 @@ pub struct HttpSettings {
     /// Bound on waiting for a free socket plus the TCP connect.
     pub connect_timeout: Duration,
     /// Bound on the wait for response headers, from the request's start
-    /// (it covers the TLS handshake too).
+    /// (it covers the TLS handshake too, and would cover sending a request
+    /// body: an upload path must allow for its body's transfer time).
     pub header_timeout: Duration,
     /// PEM file of extra CA certificates to trust besides the system's.
     pub ca_bundle: Option<std::path::PathBuf>,
