@@ -330,7 +330,7 @@ fn daemon_returns_once_mounted_and_umount_ends_it() {
     // Mounted the moment the command returned.
     assert!(is_mounted(&mp));
     assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"hi");
-    let pid = daemon_pid(&log).expect("the daemon logs its pid");
+    let pid = daemon_pid(&log);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // A second mount on the same mountpoint fails clearly.
@@ -340,32 +340,12 @@ fn daemon_returns_once_mounted_and_umount_ends_it() {
 
     let st = Command::new("umount").arg(&mp).status().unwrap();
     assert!(st.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-        && !fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon still running after umount"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_pid_gone(pid, Duration::from_secs(30)),
+        "daemon still running after umount"
+    );
     assert!(!is_mounted(&mp));
     assert!(fs::read_to_string(&log).unwrap().contains("unmounted"));
-}
-
-fn daemon_pid(log: &std::path::Path) -> Option<u32> {
-    let text = fs::read_to_string(log).ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.contains("mounted") && l.contains("pid="))?;
-    let rest = &line[line.find("pid=")? + 4..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[test]
@@ -694,26 +674,17 @@ fn remounting_right_after_umount_keeps_the_new_mount() {
             "round {round}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let new_pid: u32 = fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.split(" pid=").nth(1))
-            .and_then(|p| p.split_whitespace().next()?.parse().ok())
-            .expect("the new daemon logs its pid");
+        let new_pid = daemon_pid(&log);
         assert!(old.wait_exit().success());
         std::thread::sleep(Duration::from_millis(300));
         let alive =
             is_mounted(&mp) && fs::read(mp.join("small.txt")).is_ok_and(|d| d == b"still here");
         // Clean up the new daemon (ours, by PID) before asserting.
         let _ = Command::new("umount").arg(&mp).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "new daemon did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            wait_pid_gone(new_pid, Duration::from_secs(30)),
+            "new daemon did not exit"
+        );
         assert!(
             alive,
             "round {round}: the old daemon's exit took the new mount away; new daemon's log:\n{}",
@@ -761,16 +732,10 @@ fn a_new_mount_waits_for_the_previous_daemon_of_its_mountpoint() {
     let status = wait_bounded(&mut child.0, Duration::from_secs(60)).expect("mount returns");
     assert!(status.success());
     assert_eq!(fs::read(mp.join("f")).unwrap(), b"ok");
-    let pid: u32 = fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.split(" pid=").nth(1))
-        .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let pid = daemon_pid(&log);
     assert!(Command::new("umount").arg(&mp).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_pid_gone(pid, Duration::from_secs(30)),
+        "daemon did not exit"
+    );
 }

@@ -260,24 +260,11 @@ async fn lookup_sees_a_directory_past_many_look_alike_siblings() {
 
 #[tokio::test]
 async fn listed_nodes_are_bounded_and_forget_releases_held_ones() {
-    let store = Arc::new(MemoryStore::new("b"));
+    // fs_with keeps at most 100 idle nodes.
+    let (fs, store) = fs_with(&[], "", TTL);
     for i in 0..2500 {
         store.put(&format!("{i:05}"), b"x".to_vec());
     }
-    let (fs, _) = {
-        let cfg = FsConfig {
-            prefix: String::new(),
-            uid: 0,
-            gid: 0,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-            metadata_ttl: TTL,
-            read_only: true,
-            max_idle_inodes: 100,
-        };
-        let cache = BlockCache::new(store.clone(), read_cfg());
-        (Fs::new(cfg, store.clone(), cache), ())
-    };
     // Plain readdir takes no reference: at most 100 idle nodes stay.
     assert_eq!(list(&fs, ROOT_INO).await.len(), 2502);
     assert_eq!(fs.inode_counts(), (101, 100));

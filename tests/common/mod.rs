@@ -368,6 +368,32 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The PID a daemon wrote in its `mounted ... pid=N` log line.
+pub fn daemon_pid(log: &Path) -> u32 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.split(" pid=").nth(1))
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {}", log.display()))
+}
+
+/// Wait (bounded) until process `pid` has exited (gone, or a zombie its
+/// new parent has not reaped yet); false if it outlived `limit`.
+pub fn wait_pid_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
+    };
+    while running() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
