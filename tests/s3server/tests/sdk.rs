@@ -905,7 +905,17 @@ fn binary_ready_serve_sigterm() {
     let dir = std::env::temp_dir().join(format!("cwfs-testserver-bin-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/f.txt"), b"loaded").unwrap();
-    let mut child = std::process::Command::new(exe)
+    // Killed (by PID) and reaped if an assertion fails before the end.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let child = std::process::Command::new(exe)
         .args([
             "--bucket",
             "empty-one",
@@ -919,8 +929,9 @@ fn binary_ready_serve_sigterm() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let endpoint = line
@@ -985,13 +996,13 @@ fn binary_ready_serve_sigterm() {
     assert_eq!(out.status.code(), Some(2));
 
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert_eq!(status.code(), Some(0));
             break;
         }
