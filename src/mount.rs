@@ -283,11 +283,7 @@ fn lock_mountpoint(mountpoint: &Path) -> Result<std::fs::File, MountError> {
             )));
         }
         if is_mount_point(mountpoint) {
-            return Err(err(format!(
-                "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
-                mountpoint.display(),
-                mountpoint.display()
-            )));
+            return Err(busy(mountpoint));
         }
         if std::time::Instant::now() >= deadline {
             return Err(err(format!(
@@ -305,13 +301,17 @@ fn lock_mountpoint(mountpoint: &Path) -> Result<std::fs::File, MountError> {
     }
     // Another mount may have been made while we waited.
     if is_mount_point(mountpoint) {
-        return Err(err(format!(
-            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
-            mountpoint.display(),
-            mountpoint.display()
-        )));
+        return Err(busy(mountpoint));
     }
     Ok(dir)
+}
+
+fn busy(mountpoint: &Path) -> MountError {
+    err(format!(
+        "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
+        mountpoint.display(),
+        mountpoint.display()
+    ))
 }
 
 /// The mountpoint must be an existing directory with nothing mounted on it.
@@ -332,11 +332,7 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
         )));
     }
     if is_mount_point(&abs) {
-        return Err(err(format!(
-            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
-            abs.display(),
-            abs.display()
-        )));
+        return Err(busy(&abs));
     }
     Ok(abs)
 }

@@ -16,7 +16,6 @@
 use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,34 +53,15 @@ pub struct HttpSettings {
     pub ca_bundle: Option<std::path::PathBuf>,
 }
 
-/// Sockets open now, and the most open at once (shared by all clients of a
-/// process; the tests and `cwfs check` read it).
-#[derive(Debug, Default)]
-pub struct SocketStats {
-    open: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl SocketStats {
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-    pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
 /// Build the SDK's HTTP client. Fails when the CA bundle cannot be read.
-pub fn client(settings: &HttpSettings) -> Result<(SharedHttpClient, Arc<SocketStats>), String> {
+pub fn client(settings: &HttpSettings) -> Result<SharedHttpClient, String> {
     let tls = tls_config(settings.ca_bundle.as_deref())?;
     let mut tcp = TcpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
-    let stats = Arc::new(SocketStats::default());
     let limited = LimitedConnector {
         tcp,
         sockets: Arc::new(Semaphore::new(settings.max_sockets.max(1))),
-        stats: stats.clone(),
         connect_timeout: settings.connect_timeout,
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -100,7 +80,7 @@ pub fn client(settings: &HttpSettings) -> Result<(SharedHttpClient, Arc<SocketSt
     let client = Client {
         connector: SharedHttpConnector::new(connector),
     };
-    Ok((SharedHttpClient::new(client), stats))
+    Ok(SharedHttpClient::new(client))
 }
 
 /// rustls with the system's roots (from the usual places, or
@@ -262,7 +242,6 @@ fn find_in_chain(err: &(dyn std::error::Error + 'static), probe: Probe<'_>) -> O
 struct LimitedConnector {
     tcp: TcpConnector,
     sockets: Arc<Semaphore>,
-    stats: Arc<SocketStats>,
     connect_timeout: Duration,
 }
 
@@ -279,7 +258,6 @@ impl tower_service::Service<http::Uri> for LimitedConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let mut tcp = self.tcp.clone();
         let sockets = self.sockets.clone();
-        let stats = self.stats.clone();
         let timeout = self.connect_timeout;
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -299,11 +277,8 @@ impl tower_service::Service<http::Uri> for LimitedConnector {
                         uri.authority().map_or("?", |a| a.as_str())
                     ))
                 })??;
-            let open = stats.open.fetch_add(1, Ordering::Relaxed) + 1;
-            stats.peak.fetch_max(open, Ordering::Relaxed);
             Ok(Limited {
                 io,
-                stats,
                 _permit: permit,
             })
         })
@@ -313,14 +288,7 @@ impl tower_service::Service<http::Uri> for LimitedConnector {
 /// A TCP stream holding its socket permit until it is dropped.
 struct Limited {
     io: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
-    stats: Arc<SocketStats>,
     _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Connection for Limited {

@@ -85,7 +85,6 @@ pub struct S3Store {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     retry: RetryPolicy,
     stall_timeout: Duration,
-    sockets: std::sync::Arc<super::http::SocketStats>,
 }
 
 impl S3Store {
@@ -94,7 +93,7 @@ impl S3Store {
         // Requests in flight and open sockets are both bounded by
         // --max-connections: the slots below, and the socket permits in
         // the HTTP client.
-        let (http_client, sockets) = super::http::client(&super::http::HttpSettings {
+        let http_client = super::http::client(&super::http::HttpSettings {
             max_sockets: settings.max_connections.max(1),
             connect_timeout: settings.connect_timeout,
             header_timeout: settings.read_timeout.min(settings.stall_timeout),
@@ -131,13 +130,7 @@ impl S3Store {
             )),
             retry: settings.retry,
             stall_timeout: settings.stall_timeout,
-            sockets,
         })
-    }
-
-    /// Sockets open now and at most so far.
-    pub fn sockets(&self) -> &super::http::SocketStats {
-        &self.sockets
     }
 
     /// Run `op` with the current keys. Fails fast when the keys have expired
