@@ -70,9 +70,8 @@ struct Ready {
 /// readdir calls on one handle; it is held across the LIST of a page, which
 /// only that handle waits for.
 pub(super) struct DirHandle {
-    ino: u64,
-    prefix: Arc<str>,
-    /// The directory as it was at opendir (for `.` if the table drops it).
+    /// The directory as it was at opendir: its number, its prefix (`key`),
+    /// and its attributes for `.` if the table drops it.
     node: Node,
     stream: tokio::sync::Mutex<DirStream>,
 }
@@ -131,8 +130,6 @@ impl Fs {
             .next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handle = DirHandle {
-            ino: node.ino,
-            prefix: node.key.clone(),
             node,
             stream: tokio::sync::Mutex::new(DirStream::default()),
         };
@@ -168,7 +165,7 @@ impl Fs {
             s.collected = Some(Vec::new());
             let me = self
                 .inodes
-                .get(handle.ino)
+                .get(handle.node.ino)
                 .unwrap_or_else(|| handle.node.clone());
             let parent = self.inodes.get(me.parent).unwrap_or_else(|| Node {
                 ino: me.parent,
@@ -176,7 +173,7 @@ impl Fs {
             });
             s.push_dot(".", me);
             s.push_dot("..", parent);
-            if let Some(cached) = self.cached_listing(handle.ino).await {
+            if let Some(cached) = self.cached_listing(handle.node.ino).await {
                 for node in &cached.entries {
                     s.push(node.clone());
                 }
@@ -237,7 +234,7 @@ impl Fs {
                 .map_err(Error::Store)?,
             None => self
                 .store
-                .list_page(&handle.prefix, s.token.as_deref(), LIST_PAGE)
+                .list_page(&handle.node.key, s.token.as_deref(), LIST_PAGE)
                 .await
                 .map_err(Error::Store)?,
         };
@@ -245,12 +242,12 @@ impl Fs {
         if let Some(t) = next.clone() {
             // Pipeline: ask for the next page now, so its round trip
             // overlaps the kernel's consumption of this one.
-            let (store, prefix) = (self.store.clone(), handle.prefix.clone());
+            let (store, prefix) = (self.store.clone(), handle.node.key.clone());
             s.ahead = Some(tokio::spawn(async move {
                 store.list_page(&prefix, Some(&t), LIST_PAGE).await
             }));
         }
-        let mut listed = s.entries.push_page(&handle.prefix, page);
+        let mut listed = s.entries.push_page(&handle.node.key, page);
         match next {
             Some(t) => s.token = Some(t),
             None => {
@@ -261,7 +258,7 @@ impl Fs {
         for l in listed {
             let node = match (l.kind, &l.meta) {
                 (Kind::File, Some(meta)) => self.inodes.upsert(
-                    handle.ino,
+                    handle.node.ino,
                     &l.name,
                     Kind::File,
                     &meta.key,
@@ -269,9 +266,9 @@ impl Fs {
                     0,
                 ),
                 _ => {
-                    let key = format!("{}{}/", handle.prefix, l.name);
+                    let key = format!("{}{}/", handle.node.key, l.name);
                     self.inodes.upsert(
-                        handle.ino,
+                        handle.node.ino,
                         &l.name,
                         Kind::Dir,
                         &key,
@@ -296,7 +293,7 @@ impl Fs {
                 };
                 self.listings
                     .map
-                    .insert(handle.ino, Arc::new(listing))
+                    .insert(handle.node.ino, Arc::new(listing))
                     .await;
             }
         }
